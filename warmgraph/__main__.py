@@ -1,0 +1,5 @@
+"""``python -m warmgraph`` runs the command line."""
+
+from warmgraph.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``warmgraph`` command line (click). Nothing in warmgraph imports this package."""

@@ -1,0 +1,46 @@
+"""The ``warmgraph`` entry point: the click group and the one-line error contract.
+
+A user mistake (a bad flag, a missing file, a value that cannot work) prints one line on
+stderr, ``warmgraph: error: ...``, and exits with code 2. Tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from warmgraph import __version__
+from warmgraph.cli.buckets import buckets
+from warmgraph.errors import WarmgraphError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="warmgraph")
+def cli() -> None:
+    """warmgraph: choose bucket shapes, compile one graph per bucket, keep graphs on disk."""
+
+
+cli.add_command(buckets)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; exit 2 with one line on stderr for any user error."""
+    try:
+        cli.main(args=argv, prog_name="warmgraph", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("warmgraph: aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as exc:
+        where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        click.echo(f"warmgraph: error: {exc.format_message()}{where}", err=True)
+        sys.exit(2)
+    except WarmgraphError as exc:
+        click.echo(f"warmgraph: error: {exc}", err=True)
+        sys.exit(2)
+    except OSError as exc:  # e.g. a plot or output path that cannot be written
+        click.echo(f"warmgraph: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+        sys.exit(2)
+    sys.exit(0)
