@@ -3,7 +3,9 @@
 A bucket is a tuple of non-negative ints, one per named dimension, for example
 ``(batch, query_len, ctx_blocks)`` for a prompt step as vllm-gaudi shapes it. A shape is
 *covered* by a bucket when it is no larger in every dimension; running it in that bucket
-costs the bucket's padded work, the product of its dimensions.
+costs the bucket's padded work: the product of its dimensions, with a zero dimension
+counted as 1 (a prompt bucket with no context blocks still costs batch x query_len; a plain
+product would call it free and every such bucket would tie).
 
 ``lookup`` returns the covering bucket with the least padded work (ties go to the
 lexicographically smallest bucket). vllm-gaudi's runtime instead takes the lexicographic
@@ -66,6 +68,16 @@ def calc_fallback_value(n: int, base_step: int) -> int:
         return n
     size = math.ceil(math.pow(n, 1 / 3)) * base_step
     return math.ceil(n / size) * size
+
+
+def work(shape: Sequence[int]) -> int:
+    """Work of a shape or bucket: the product of its dimensions, zeros counted as 1."""
+    return math.prod(v if v > 0 else 1 for v in shape)
+
+
+def work_many(shapes: np.ndarray) -> np.ndarray:
+    """``work`` of each row of an (n, d) array, as float64."""
+    return np.prod(np.maximum(shapes, 1), axis=1, dtype=np.float64)
 
 
 def default_dims(ndim: int) -> tuple[str, ...]:
@@ -195,13 +207,13 @@ class BucketSet:
 
     @staticmethod
     def padded_work(bucket: Sequence[int]) -> int:
-        """The work a call costs in this bucket: the product of its dimensions."""
-        return math.prod(bucket)
+        """The work a call costs in this bucket: see ``work``."""
+        return work(bucket)
 
     @property
     def largest(self) -> Bucket:
         """The bucket with the most padded work (the last such in sorted order)."""
-        return max(self._buckets, key=lambda b: (math.prod(b), b))
+        return max(self._buckets, key=lambda b: (work(b), b))
 
     def with_buckets(self, *buckets: int | Sequence[int]) -> BucketSet:
         """A new set with these buckets added (the set itself never changes)."""
@@ -283,8 +295,8 @@ class BucketSet:
 
     def padded_work_many(self, indices: np.ndarray) -> np.ndarray:
         """Padded work of the buckets at these indices (0 where the index is -1)."""
-        work = np.array([math.prod(b) for b in self._buckets], dtype=np.float64)
-        return np.where(indices >= 0, work[np.maximum(indices, 0)], 0.0)
+        costs = np.array([work(b) for b in self._buckets], dtype=np.float64)
+        return np.where(indices >= 0, costs[np.maximum(indices, 0)], 0.0)
 
     def as_array(self) -> np.ndarray:
         """The buckets as an (n, ndim) int64 array, in sorted order."""
@@ -309,7 +321,7 @@ class BucketSet:
     def _rank_order(self) -> list[int]:
         """Bucket indices sorted by (padded work, bucket): position = preference."""
         buckets = self._buckets
-        return sorted(range(len(buckets)), key=lambda i: (math.prod(buckets[i]), buckets[i]))
+        return sorted(range(len(buckets)), key=lambda i: (work(buckets[i]), buckets[i]))
 
     def _dense_table(self, grid: tuple[list[int], ...], sizes: list[int]) -> list[int]:
         order = self._rank_order()
@@ -346,7 +358,7 @@ class BucketSet:
         best, best_key = -1, None
         for i, b in enumerate(self._buckets):
             if all(bv >= fv for bv, fv in zip(b, floor)):
-                key = (math.prod(b), b)
+                key = (work(b), b)
                 if best_key is None or key < best_key:
                     best, best_key = i, key
         self._lazy[flat] = best

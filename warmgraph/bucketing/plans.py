@@ -58,6 +58,11 @@ class ServingConfig:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 flag = "--" + f.name.replace("_", "-")
                 raise ConfigError(f"{f.name} is {value!r}; {flag} must be a positive integer")
+        if self.max_num_batched_tokens < self.block_size:
+            raise ConfigError(
+                f"max_num_batched_tokens {self.max_num_batched_tokens} is below block_size {self.block_size}; "
+                "raise --max-num-batched-tokens or lower --block-size"
+            )
 
 
 @dataclass(frozen=True)
