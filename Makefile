@@ -16,13 +16,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/warmgraph buckets plan --strategy exponential --max-num-seqs 256 --max-num-prefill-seqs 1 \
-	  --block-size 128 --max-num-batched-tokens 8192 --max-model-len 32768 --num-blocks 4127
-	$(VENV)/bin/warmgraph buckets simulate --trace $(TRACE) --column ContextTokens --strategy fitted \
-	  --step 128 --max 8192 --limit 12 --compare exponential,linear,padding_aware,fitted --plot demo-buckets.png
-	$(VENV)/bin/warmgraph buckets fit --trace $(TRACE) --column ContextTokens --step 128 --max 8192 \
-	  --max-buckets 12 --out demo-buckets.yaml
-	$(VENV)/bin/warmgraph buckets simulate --trace $(TRACE) --column ContextTokens --strategy file --file demo-buckets.yaml
+	@echo "== 1. vllm-gaudi's exponential plan for a 32k-context server"
+	$(VENV)/bin/warmgraph buckets plan --strategy exponential --max-num-seqs 256 --max-num-batched-tokens 8192 \
+	  --max-model-len 32768 --num-blocks 4127
+	@echo "== 2. strategies on a real trace at 12 buckets each"
+	$(VENV)/bin/warmgraph buckets simulate --trace $(TRACE) --strategy exponential --min 128 --step 128 --max 8192 \
+	  --limit 13 --compare linear,padding_aware,fitted --plot demo-buckets.png
+	@echo "== 3. fit 12 buckets to the trace and read them back"
+	$(VENV)/bin/warmgraph buckets fit --trace $(TRACE) --step 128 --max 8192 --max-buckets 12 --out demo-buckets.yaml
+	$(VENV)/bin/warmgraph buckets simulate --trace $(TRACE) --strategy file --file demo-buckets.yaml
+	@echo "== 4. decode shapes from continuous batching of the trace: exponential plan vs fitted"
+	$(VENV)/bin/warmgraph buckets simulate --trace $(TRACE) --decode --max-num-seqs 256 --max-model-len 16384 \
+	  --num-blocks 16384 --compare fitted
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check warmgraph tests bench

@@ -78,12 +78,24 @@ def build(spec: RangeSpec, values: Sequence[int] | np.ndarray | None = None) -> 
     return load_buckets(spec.file)
 
 
-def _closest(candidates: list[tuple[RangeSpec, BucketSet]], n: int) -> tuple[RangeSpec, BucketSet]:
-    """The candidate with the most buckets not above ``n`` (else the fewest above it)."""
+def _closest(
+    candidates: list[tuple[RangeSpec, BucketSet]], n: int, values: Sequence[int] | np.ndarray | None
+) -> tuple[RangeSpec, BucketSet]:
+    """The candidate with the most buckets not above ``n`` (else the fewest above it).
+
+    Several settings can give the same count (exponential limits 12 and 13 both give 12
+    buckets for 128..8192, with 26% and 20% waste on the conv trace); with a trace, the one
+    that wastes least wins, so a baseline is never judged at its worst setting.
+    """
     under = [c for c in candidates if len(c[1]) <= n]
-    if under:
-        return max(under, key=lambda c: len(c[1]))
-    return min(candidates, key=lambda c: len(c[1]))
+    pool = under or candidates
+    count = max(len(c[1]) for c in pool) if under else min(len(c[1]) for c in pool)
+    tied = [c for c in pool if len(c[1]) == count]
+    if values is None or len(tied) == 1:
+        return tied[0]
+    from warmgraph.bucketing.workload import evaluate
+
+    return min(tied, key=lambda c: evaluate(c[1], values).padding_waste)
 
 
 def at_count(spec: RangeSpec, n: int, values: Sequence[int] | np.ndarray | None = None) -> tuple[RangeSpec, BucketSet]:
@@ -91,7 +103,7 @@ def at_count(spec: RangeSpec, n: int, values: Sequence[int] | np.ndarray | None 
 
     exponential varies ``limit``; linear varies ``step`` over multiples of the base step
     (min follows step); padding_aware varies ``pad_percent``; fitted gets ``limit = n``;
-    a file is what it is.
+    a file is what it is. Ties in count go to the setting that wastes least on ``values``.
     """
     if n < 1:
         raise ConfigError(f"bucket count {n} must be at least 1")
@@ -109,4 +121,4 @@ def at_count(spec: RangeSpec, n: int, values: Sequence[int] | np.ndarray | None 
         tries = [replace(s, step=s.step * k, min=s.step * k) for k in range(1, top + 1)]
     else:
         tries = [replace(s, pad_percent=p, pad_max=0) for p in range(0, 51)]
-    return _closest([(t, build(t, values)) for t in tries], n)
+    return _closest([(t, build(t, values)) for t in tries], n, values)

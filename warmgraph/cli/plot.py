@@ -28,6 +28,7 @@ def plot_results(path: str | os.PathLike[str], results: list[dict[str, Any]], va
             for j, edge in enumerate(r["buckets"]):
                 label = f"{r['strategy']} ({r['num_buckets']} buckets, waste {100 * r['padding_waste']:.1f}%)"
                 top.axvline(edge, color=colors[i % len(colors)], lw=1, alpha=0.8, label=label if j == 0 else None)
+        top.set_xlim(0, 1.03 * max(max(r["buckets"]) for r in results))  # outliers past every bucket are misses
         top.set_xlabel("length (tokens)")
         top.set_ylabel("requests")
         top.set_title("lengths and bucket edges")
