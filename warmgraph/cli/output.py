@@ -51,7 +51,11 @@ def _cell(v: Any) -> str:
 
 
 def pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
+    """A share as a percentage; never rounds a near miss up to 100% or a trace of waste down to 0%."""
+    text = f"{100 * x:.1f}%"
+    if (text == "100.0%" and x < 1) or (text == "0.0%" and x > 0):
+        text = f"{100 * x:.3g}%" if x < 0.5 else f"{100 * x:.3f}%"
+    return text
 
 
 def wrap_values(values: Sequence[Any], indent: str = "  ", width: int = 100) -> str:
