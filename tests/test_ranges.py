@@ -50,6 +50,7 @@ def test_exponential_contiguous_pa_pins_last_to_max() -> None:
     limit=st.integers(1, 20),
 )
 def test_exponential_properties(bmin: int, step: int, span: int, limit: int) -> None:
+    # includes max 0 and 1, where the clamp to max could repeat a value
     bmax = bmin + span
     values = exponential_range(bmin, step, bmax, limit)
     assert values == sorted(set(values))
@@ -125,3 +126,8 @@ def test_linear_values_are_step_multiples_after_ramp() -> None:
     assert values == [3, 6, 12, 16, 32, 48, 64, 80, 96]
     assert all(v % 16 == 0 for v in values if v >= 16)
     assert math.prod([1]) == 1
+
+
+def test_exponential_tiny_max_has_no_duplicates() -> None:
+    assert exponential_range(0, 1, 0, 2) == [0]
+    assert exponential_range(0, 4, 1, 3) == [0, 1]

@@ -45,4 +45,5 @@ def exponential_range(bmin: int, step: int, bmax: int, limit: int, *, contiguous
     # Rounding up to ``step`` can overshoot max; upstream clamps the top value to max.
     if out[-1] > bmax:
         out[-1] = bmax
-    return out
+    # With max 0 or 1 the clamp can repeat a value ([0, 1] -> [0, 0]); keep each once.
+    return sorted(set(out))
