@@ -134,6 +134,10 @@ def test_simulate_bad_input(capsys: pytest.CaptureFixture[str], conv_trace: Path
                           "needs a budget")
     assert_one_line_error(*run(capsys, "buckets", "simulate", "--trace", str(conv_trace), "--limit", "4",
                                "--compare", "magic"), "unknown strategies")
+    gaudi = tmp_path / "gaudi.txt"
+    gaudi.write_text("(1, [128, 256], 0)\n")
+    assert_one_line_error(*run(capsys, "buckets", "simulate", "--trace", str(conv_trace), "--strategy", "file",
+                               "--file", str(gaudi)), "holds 3-D buckets")
 
 
 def test_fit_round_trip(capsys: pytest.CaptureFixture[str], conv_trace: Path, tmp_path: Path) -> None:

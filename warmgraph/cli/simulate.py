@@ -28,6 +28,11 @@ def _result(name: str, params: dict[str, Any], bucket_set: BucketSet, shapes: np
 
 def _prompt_results(spec: RangeSpec, compare: list[str], values: np.ndarray) -> list[dict[str, Any]]:
     primary = build(spec, values)
+    if primary.ndim != 1:
+        raise ConfigError(
+            f"{spec.file} holds {primary.ndim}-D buckets {primary.dims} but --column gives one length per request; "
+            "use a 1-D bucket file (warmgraph buckets fit --out F.yaml) or 'buckets plan --strategy file'"
+        )
     results = [_result(spec.strategy, spec.params(), primary, values)]
     for name in compare:
         if name == spec.strategy:
