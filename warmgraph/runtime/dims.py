@@ -1,0 +1,159 @@
+"""Which tensor dimensions follow which bucket dimension, learned once and checked on every call.
+
+``Dims`` is what a user declares; ``Layout`` is it resolved against ``example_inputs`` and
+the bucket set: per argument its dtype, device, rank and fixed sizes, which of its
+dimensions are bucketed, the padding fill; per output which dimensions to slice back.
+
+Default (no ``Dims``): dimension 0 of every tensor argument follows the (single) bucket
+dimension and is padded with zeros; dimension 0 of every output tensor is sliced back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from warmgraph.bucketing.buckets import BucketSet
+from warmgraph.errors import ConfigError, WarmgraphError
+
+DimMap = Mapping[int, "int | str"]
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Declared bucketing of a step's arguments and outputs.
+
+    ``inputs``: per positional argument, ``{tensor_dim: bucket_dim}`` (bucket_dim by name or
+    index), or None for an argument that is not bucketed. ``fill``: the padding value per
+    argument (a list, or ``{arg_index: value}``), 0 where not given; -1 suits slot indices.
+    ``outputs``: per output (a tensor, or the items of a tuple/list), ``{dim: bucket_dim}``
+    to slice back, or None to return that output whole.
+    """
+
+    inputs: Sequence[DimMap | None] | None = None
+    fill: Sequence[float] | Mapping[int, float] | None = None
+    outputs: Sequence[DimMap | None] | None = None
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    index: int
+    is_tensor: bool
+    dtype: torch.dtype | None = None
+    device: torch.device | None = None
+    shape: tuple[int, ...] = ()
+    bucketed: tuple[tuple[int, int], ...] = ()  # (tensor dim, bucket axis)
+    fill: float = 0
+    value: Any = None  # a non-tensor argument: baked into the graph, so it must not change
+
+
+@dataclass(frozen=True)
+class Layout:
+    args: tuple[ArgSpec, ...]
+    outputs: tuple[tuple[tuple[int, int], ...] | None, ...] | None  # None: default (dim 0 of each tensor)
+    axis_sources: tuple[tuple[int, int], ...] = field(default=())  # per bucket axis: (arg, dim) that sets it
+
+
+def _axis(bucket_dim: int | str, buckets: BucketSet, where: str) -> int:
+    if isinstance(bucket_dim, str):
+        if bucket_dim not in buckets.dims:
+            raise ConfigError(f"{where} names bucket dimension {bucket_dim!r}; the buckets have {buckets.dims}")
+        return buckets.dims.index(bucket_dim)
+    if not 0 <= bucket_dim < buckets.ndim:
+        raise ConfigError(f"{where} names bucket dimension {bucket_dim}; the buckets have {buckets.ndim}")
+    return bucket_dim
+
+
+def _maps(seq: Sequence[DimMap | None], buckets: BucketSet, what: str) -> list[tuple[tuple[int, int], ...] | None]:
+    out: list[tuple[tuple[int, int], ...] | None] = []
+    for i, mapping in enumerate(seq):
+        if mapping is None:
+            out.append(None)
+            continue
+        out.append(tuple((int(d), _axis(b, buckets, f"dims {what}[{i}][{d}]")) for d, b in mapping.items()))
+    return out
+
+
+def resolve_layout(example_inputs: Sequence[Any], buckets: BucketSet, dims: Dims | None) -> Layout:
+    """Check ``dims`` against the example call and the buckets; ConfigError on any mismatch."""
+    n = len(example_inputs)
+    if dims is None:
+        if buckets.ndim != 1:
+            raise ConfigError(
+                f"the buckets have {buckets.ndim} dimensions {buckets.dims}; declare with dims=Dims(inputs=...) "
+                "which argument dimensions follow them"
+            )
+        input_maps = [((0, 0),) if isinstance(t, torch.Tensor) else None for t in example_inputs]
+        output_maps = None
+        fills: dict[int, float] = {}
+    else:
+        raw_inputs = list(dims.inputs) if dims.inputs is not None else [None] * n
+        if len(raw_inputs) != n:
+            raise ConfigError(f"dims.inputs has {len(raw_inputs)} entries but example_inputs has {n} arguments")
+        input_maps = _maps(raw_inputs, buckets, "inputs")
+        output_maps = _maps(dims.outputs, buckets, "outputs") if dims.outputs is not None else None
+        fills = dict(enumerate(dims.fill)) if isinstance(dims.fill, Sequence) else dict(dims.fill or {})
+    specs = []
+    sources: dict[int, tuple[int, int]] = {}
+    for i, (arg, mapping) in enumerate(zip(example_inputs, input_maps)):
+        if not isinstance(arg, torch.Tensor):
+            if mapping:
+                raise ConfigError(f"dims.inputs[{i}] buckets argument {i}, which is not a tensor")
+            specs.append(ArgSpec(i, False, value=arg))
+            continue
+        for d, axis in mapping or ():
+            if not 0 <= d < arg.dim():
+                raise ConfigError(f"dims.inputs[{i}] names dimension {d}, but argument {i} has {arg.dim()} dimensions")
+            sources.setdefault(axis, (i, d))
+        specs.append(ArgSpec(i, True, arg.dtype, arg.device, tuple(arg.shape), tuple(mapping or ()), fills.get(i, 0)))
+    missing = [buckets.dims[a] for a in range(buckets.ndim) if a not in sources]
+    if missing:
+        raise ConfigError(f"no argument dimension follows bucket dimension(s) {missing}; add them to dims.inputs")
+    return Layout(tuple(specs), None if output_maps is None else tuple(output_maps),
+                  tuple(sources[a] for a in range(buckets.ndim)))
+
+
+def real_shape(args: Sequence[Any], layout: Layout) -> tuple[int, ...]:
+    """The bucket-space shape of one call, after checking every argument against the layout."""
+    if len(args) != len(layout.args):
+        raise WarmgraphError(f"expected {len(layout.args)} arguments (as in example_inputs), got {len(args)}")
+    shape: list[int | None] = [None] * len(layout.axis_sources)
+    for spec, arg in zip(layout.args, args):
+        i = spec.index
+        if not spec.is_tensor:
+            if arg is not spec.value and arg != spec.value:
+                raise WarmgraphError(
+                    f"argument {i}: expected {spec.value!r} (non-tensor arguments are compiled in), got {arg!r}"
+                )
+            continue
+        if not isinstance(arg, torch.Tensor):
+            raise WarmgraphError(f"argument {i}: expected a tensor, got {type(arg).__name__}")
+        if arg.dtype != spec.dtype:
+            raise WarmgraphError(f"argument {i}: expected dtype {spec.dtype}, got {arg.dtype}")
+        if arg.device != spec.device:
+            raise WarmgraphError(f"argument {i}: expected device {spec.device}, got {arg.device}")
+        if arg.dim() != len(spec.shape):
+            raise WarmgraphError(
+                f"argument {i}: expected {len(spec.shape)} dimensions {spec.shape}, got {arg.dim()} {tuple(arg.shape)}"
+            )
+        bucketed = dict(spec.bucketed)
+        for d, size in enumerate(arg.shape):
+            axis = bucketed.get(d)
+            if axis is None:
+                if size != spec.shape[d]:
+                    raise WarmgraphError(
+                        f"argument {i} dimension {d}: expected {spec.shape[d]} (not bucketed, from example_inputs), "
+                        f"got {size}"
+                    )
+            elif shape[axis] is None:
+                shape[axis] = size
+            elif shape[axis] != size:
+                src_arg, src_dim = layout.axis_sources[axis]
+                raise WarmgraphError(
+                    f"argument {i} dimension {d} is {size} but argument {src_arg} dimension {src_dim} is "
+                    f"{shape[axis]}; both follow bucket dimension {axis} and must agree"
+                )
+    return tuple(s if s is not None else 0 for s in shape)
