@@ -35,6 +35,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/bucketing.py
+	$(PY) -W ignore bench/runtime.py
 
 clean:
 	rm -rf $(VENV) demo-buckets.png demo-buckets.yaml

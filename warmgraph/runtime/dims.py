@@ -55,6 +55,10 @@ class Layout:
     args: tuple[ArgSpec, ...]
     outputs: tuple[tuple[tuple[int, int], ...] | None, ...] | None  # None: default (dim 0 of each tensor)
     axis_sources: tuple[tuple[int, int], ...] = field(default=())  # per bucket axis: (arg, dim) that sets it
+    # The per-call checks flattened into plain tuples, for the hot path of ``real_shape``:
+    # (index, dtype, device, rank, fixed (dim, size) pairs, bucketed (dim, axis) pairs).
+    tensor_checks: tuple[tuple[Any, ...], ...] = field(default=())
+    constant_checks: tuple[tuple[int, Any], ...] = field(default=())
 
 
 def _axis(bucket_dim: int | str, buckets: BucketSet, where: str) -> int:
@@ -112,12 +116,51 @@ def resolve_layout(example_inputs: Sequence[Any], buckets: BucketSet, dims: Dims
     missing = [buckets.dims[a] for a in range(buckets.ndim) if a not in sources]
     if missing:
         raise ConfigError(f"no argument dimension follows bucket dimension(s) {missing}; add them to dims.inputs")
+    tensor_checks = tuple(
+        (sp.index, sp.dtype, sp.device, len(sp.shape),
+         tuple((d, n) for d, n in enumerate(sp.shape) if d not in dict(sp.bucketed)), sp.bucketed)
+        for sp in specs if sp.is_tensor
+    )
+    constant_checks = tuple((sp.index, sp.value) for sp in specs if not sp.is_tensor)
     return Layout(tuple(specs), None if output_maps is None else tuple(output_maps),
-                  tuple(sources[a] for a in range(buckets.ndim)))
+                  tuple(sources[a] for a in range(buckets.ndim)), tensor_checks, constant_checks)
 
 
 def real_shape(args: Sequence[Any], layout: Layout) -> tuple[int, ...]:
-    """The bucket-space shape of one call, after checking every argument against the layout."""
+    """The bucket-space shape of one call, after checking every argument against the layout.
+
+    The fast path compares plain tuples; on any mismatch ``_explain`` re-checks slowly and
+    raises the WarmgraphError that names the argument, what was expected and what came.
+    """
+    if len(args) != len(layout.args):
+        _explain(args, layout)
+    shape = [-1] * len(layout.axis_sources)
+    for i, dtype, device, rank, fixed, bucketed in layout.tensor_checks:
+        arg = args[i]
+        try:
+            size = arg.shape
+            ok = arg.dtype is dtype and len(size) == rank and arg.device == device
+        except AttributeError:
+            ok = False
+        if not ok:
+            _explain(args, layout)
+        for d, n in fixed:
+            if size[d] != n:
+                _explain(args, layout)
+        for d, axis in bucketed:
+            current = shape[axis]
+            if current < 0:
+                shape[axis] = size[d]
+            elif current != size[d]:
+                _explain(args, layout)
+    for i, value in layout.constant_checks:
+        if args[i] is not value and args[i] != value:
+            _explain(args, layout)
+    return tuple(shape)
+
+
+def _explain(args: Sequence[Any], layout: Layout) -> tuple[int, ...]:
+    """The slow, thorough check: raises the precise error for the first mismatch."""
     if len(args) != len(layout.args):
         raise WarmgraphError(f"expected {len(layout.args)} arguments (as in example_inputs), got {len(args)}")
     shape: list[int | None] = [None] * len(layout.axis_sources)

@@ -146,7 +146,11 @@ class GraphRunner:
     def __call__(self, *args: Any) -> Any:
         shape = real_shape(args, self.layout)
         bucket = self.buckets.lookup(shape, miss=self.miss_policy)
-        with torch.no_grad():
+        # Inference only: no autograd state. Toggled directly, not with a context manager,
+        # because this is the hot path (0.6 us against 3 us).
+        grad = torch.is_grad_enabled()
+        torch._C._set_grad_enabled(False)
+        try:
             if bucket is None:
                 return self._eager(shape, args)
             graph = self._graphs.get(bucket)
@@ -154,6 +158,8 @@ class GraphRunner:
                 graph = self._late_compile(bucket)
             if self.backend.captures:
                 inputs = self._fill_static(bucket, shape, args)
+            elif shape == bucket:
+                inputs = args
             else:
                 inputs = self._padded(bucket, shape, args)
             out = graph(*inputs)
@@ -161,6 +167,8 @@ class GraphRunner:
             if shape == bucket and not self.backend.captures:
                 return out
             return self._slice(out, shape, bucket)
+        finally:
+            torch._C._set_grad_enabled(grad)
 
     def _eager(self, shape: tuple[int, ...], args: Sequence[Any]) -> Any:
         self._counters["eager_fallbacks"] += 1
@@ -189,10 +197,10 @@ class GraphRunner:
             for d, axis in spec.bucketed:
                 extra = bucket[axis] - shape[axis]
                 if extra:
-                    pad[2 * (arg.dim() - 1 - d) + 1] = extra  # F.pad counts from the last dimension
+                    pad[2 * (arg.dim() - 1 - d) + 1] = extra  # pads count from the last dimension
                     missing = 1
             if missing:
-                padded = torch.nn.functional.pad(arg, pad, value=spec.fill)
+                padded = torch.constant_pad_nd(arg, pad, spec.fill)  # F.pad without its Python wrapper
                 self._counters["padded_elements"] += padded.numel() - arg.numel()
                 out[spec.index] = padded
         return out
