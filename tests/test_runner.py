@@ -194,3 +194,27 @@ def test_import_warmgraph_stays_light() -> None:
             "print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+SCALE = 2.0
+
+
+def _scaled(x: torch.Tensor) -> torch.Tensor:
+    return x * SCALE  # Dynamo guards on this global's value
+
+
+def test_inductor_recompile_after_warmup_is_counted_not_silent(caplog: pytest.LogCaptureFixture) -> None:
+    global SCALE
+    runner = warmgraph.compile(_scaled, buckets=[4], example_inputs=(torch.randn(4, 3),), backend="inductor")
+    runner.warmup()
+    assert torch.equal(runner(torch.ones(4, 3)), torch.full((4, 3), 2.0))
+    assert runner.counters["recompiles"] == 0
+    SCALE = 3.0
+    try:
+        with caplog.at_level(logging.WARNING, logger="warmgraph"):
+            out = runner(torch.ones(4, 3))
+    finally:
+        SCALE = 2.0
+    assert torch.equal(out, torch.full((4, 3), 3.0))  # correct answer, and...
+    assert runner.counters["recompiles"] == 1  # ...counted
+    assert any("recompiled after warmup" in r.message for r in caplog.records)  # ...and reported
