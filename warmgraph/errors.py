@@ -25,3 +25,15 @@ class TraceError(ConfigError):
 
 class BucketMissError(WarmgraphError, LookupError):
     """A shape is larger than every bucket and the miss policy is ``error``."""
+
+
+class CacheError(WarmgraphError):
+    """A graph cache entry, archive or argument is bad (unknown key, corrupt file, ...)."""
+
+
+class CacheSecurityError(CacheError):
+    """A cache path is not private to this user; loading from it could run planted code."""
+
+
+class CacheWriteError(CacheError):
+    """An entry could not be written (a full disk, no permission); nothing partial remains."""

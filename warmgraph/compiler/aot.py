@@ -32,15 +32,28 @@ META = "aot.json"
 
 
 class AOTGraph:
-    """A loaded AOTInductor package for one bucket."""
+    """A loaded AOTInductor package for one bucket.
 
-    def __init__(self, model: Any, package: Path, weights_in_package: bool) -> None:
-        self.model = model
+    Loaded with torch's C++ package loader directly rather than ``aoti_load_package``: that
+    one imports all of ``torch._inductor`` (2.6 s on a 2-core CPU, most of a warm start)
+    to run a device check the cache key already makes, and re-parses the call spec on
+    every call. Here the output spec is parsed once.
+    """
+
+    def __init__(self, loader: Any, package: Path, weights_in_package: bool) -> None:
+        from torch.utils import _pytree as pytree
+
+        self.loader = loader
         self.package = package
         self.weights_in_package = weights_in_package
+        self._out_spec = pytree.treespec_loads(loader.get_call_spec()[1])
+        self._unflatten = pytree.tree_unflatten
 
     def __call__(self, *args: Any) -> Any:
-        return self.model(*args)
+        import torch
+
+        flat = [a for a in args if isinstance(a, torch.Tensor)]  # other arguments were compiled in
+        return self._unflatten(self.loader.boxed_run(flat), self._out_spec)
 
 
 def _as_module(fn: Callable[..., Any]) -> Any:
@@ -63,10 +76,10 @@ def _resolve(module: Any, fqn: str) -> Any | None:
         return None
 
 
-def _bind(model: Any, module: Any) -> None:
+def _bind(loader: Any, module: Any) -> None:
     """Point the package's constants at ``module``'s live tensors (no copies)."""
     mapping = {}
-    for fqn in model.get_constant_fqns():
+    for fqn in loader.get_constant_fqns():
         tensor = _resolve(module, fqn)
         if tensor is None:
             raise WarmgraphError(
@@ -75,7 +88,9 @@ def _bind(model: Any, module: Any) -> None:
             )
         mapping[fqn] = tensor
     if mapping:
-        model.load_constants(mapping, check_full_update=True, user_managed=True)
+        # (constants, use_inactive, check_full_update, user_managed, allow_h2d_copy): user_managed
+        # keeps the module's own tensors, so a weight changed in place is seen, and nothing is copied.
+        loader.load_constants(mapping, False, True, True, False)
 
 
 class AOTBackend:
@@ -109,10 +124,10 @@ class AOTBackend:
     def _load_package(self, package: Path, module: Any, weights_in_package: bool) -> AOTGraph:
         import torch
 
-        model = torch._inductor.aoti_load_package(str(package))
+        loader = torch._C._aoti.AOTIModelPackageLoader(str(package), "model", False, 1, -1)
         if not weights_in_package:
-            _bind(model, module)
-        return AOTGraph(model, package, weights_in_package)
+            _bind(loader, module)
+        return AOTGraph(loader, package, weights_in_package)
 
     def save(self, graph: CompiledGraph, directory: Path) -> list[str]:
         if not isinstance(graph, AOTGraph):

@@ -172,6 +172,15 @@ class CaptureBackend:
         """Warm up and capture ``fn`` on ``example_inputs``, which become the graph's static buffers."""
         static_inputs = tuple(example_inputs)
         graph_fn = self.inner.compile(fn, static_inputs) if self.inner is not None else fn
+        return self.capture(graph_fn, static_inputs, fn)
+
+    def capture(
+        self, graph_fn: Callable[..., Any], example_inputs: Sequence[Any], fn: Callable[..., Any] | None = None
+    ) -> CompiledGraph:
+        """Warm up and capture an already compiled ``graph_fn`` (e.g. the inner backend's graph
+        loaded from the graph cache) on ``example_inputs``, the static buffers. ``fn`` names
+        the arguments in debug messages."""
+        static_inputs = tuple(example_inputs)
         if self._stream is None:
             self._stream = self.api.new_stream()
             if self.api.supports_pool:
@@ -201,7 +210,7 @@ class CaptureBackend:
                 capture_seconds=done - warmed,
             )
         )
-        return CapturedGraph(self.api, graph, static_inputs, static_outputs, _arg_names(fn), self.debug)
+        return CapturedGraph(self.api, graph, static_inputs, static_outputs, _arg_names(fn or graph_fn), self.debug)
 
     def save(self, graph: CompiledGraph, directory: Path) -> list[str]:
         raise NotImplementedError(

@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -30,12 +31,26 @@ import torch
 from warmgraph.bucketing.buckets import Bucket, BucketSet, MissPolicy, work
 from warmgraph.compiler.base import Backend, CompiledGraph
 from warmgraph.compiler.registry import get_backend
-from warmgraph.errors import ConfigError
+from warmgraph.errors import CacheWriteError, ConfigError
+from warmgraph.graph_cache.key import CacheKey, device_info, fingerprint_graph, make_key
+from warmgraph.graph_cache.store import GraphCache
 from warmgraph.runtime.counters import Counters
 from warmgraph.runtime.dims import Dims, Layout, real_shape, resolve_layout
 from warmgraph.runtime.report import BucketWarmup, WarmupReport
 
 log = logging.getLogger("warmgraph")
+
+
+def _graph_cache(cache: bool | str | os.PathLike[str] | GraphCache | None) -> GraphCache | None:
+    if cache is None or cache is False:
+        return None
+    if cache is True:
+        return GraphCache()
+    if isinstance(cache, GraphCache):
+        return cache
+    if isinstance(cache, (str, os.PathLike)):
+        return GraphCache(cache)
+    raise ConfigError(f"cache= takes True, a directory path or a GraphCache, got {type(cache).__name__}")
 
 
 def _bucket_set(buckets: BucketSet | Sequence[int] | Sequence[Sequence[int]]) -> BucketSet:
@@ -61,6 +76,7 @@ class GraphRunner:
         dims: Dims | None = None,
         miss_policy: MissPolicy | str = MissPolicy.EAGER,
         copy_outputs: bool = True,
+        cache: bool | str | os.PathLike[str] | GraphCache | None = None,
     ) -> None:
         if not callable(fn):
             raise ConfigError(f"fn must be an nn.Module or a callable of tensors, got {type(fn).__name__}")
@@ -76,6 +92,9 @@ class GraphRunner:
         self._graphs: dict[Bucket, CompiledGraph] = {}
         self._static: dict[Bucket, list[Any]] = {}
         self._warned: set[tuple[int, ...]] = set()
+        self._cache_warned: set[str] = set()
+        self.cache = _graph_cache(cache)
+        self._key_parts: dict[str, Any] | None = None
 
     @property
     def counters(self) -> Counters:
@@ -98,20 +117,89 @@ class GraphRunner:
             out.append(torch.full(shape, spec.fill, dtype=spec.dtype, device=spec.device))
         return out
 
-    def _compile(self, bucket: Bucket) -> float:
+    def _compile(self, bucket: Bucket) -> tuple[float, str]:
+        """Build ``bucket``'s graph: from the cache when it has it, else compiled (and stored).
+
+        Returns the seconds it took and ``"loaded"`` or ``"compiled"``.
+        """
         t0 = time.perf_counter()
-        example = self.example_for(bucket)
-        if self.backend.captures:
-            # Capture records no autograd state: serving never needs it.
-            with torch.no_grad():
-                example = self.example_for(bucket)
-                self._graphs[bucket] = self.backend.compile(self.fn, example)
-        else:
-            self._graphs[bucket] = self.backend.compile(self.fn, example)
+        with torch.no_grad():  # capture records no autograd state: serving never needs it
+            example = self.example_for(bucket)
+            persist = self._persistent_backend()
+            if persist is None:
+                graph, source = self.backend.compile(self.fn, example), "compiled"
+            else:
+                graph, source = self._cached_build(bucket, example, persist)
+                if self.backend.captures:
+                    graph = self.backend.capture(graph, example, self.fn)  # type: ignore[attr-defined]
+        self._graphs[bucket] = graph
         if self.backend.captures:
             self._static[bucket] = example  # the capture reads these exact tensors from now on
-        self._counters["compiles"] += 1
-        return time.perf_counter() - t0
+            self._counters["captures"] += 1
+        if source == "compiled":
+            self._counters["compiles"] += 1
+        return time.perf_counter() - t0, source
+
+    def _persistent_backend(self) -> Backend | None:
+        """The backend whose graphs the cache keeps: this one, or a capture backend's inner one."""
+        if self.cache is None:
+            return None
+        if self.backend.can_persist:
+            return self.backend
+        inner = getattr(self.backend, "inner", None)
+        return inner if self.backend.captures and inner is not None and inner.can_persist else None
+
+    def cache_key(self, bucket: Bucket, example: Sequence[Any] | None = None,
+                  persist: Backend | None = None) -> CacheKey:
+        """The graph cache key of ``bucket`` (computed once per runner, then per bucket)."""
+        example = self.example_for(bucket) if example is None else example
+        persist = persist or self._persistent_backend() or self.backend
+        if self._key_parts is None:
+            device = next((a.device.type for a in example if isinstance(a, torch.Tensor)), "cpu")
+            self._key_parts = {"graph": fingerprint_graph(self.fn, example), "device": device_info(device),
+                               "backend": persist.fingerprint()}
+        graph = {**self._key_parts["graph"], "inputs": fingerprint_graph(lambda: None, example)["inputs"]}
+        return make_key(graph=graph, bucket=bucket, backend=self._key_parts["backend"],
+                        device=self._key_parts["device"])
+
+    def _cached_build(self, bucket: Bucket, example: list[Any], persist: Backend) -> tuple[CompiledGraph, str]:
+        assert self.cache is not None
+        key = self.cache_key(bucket, example, persist)
+        graph = self._load(key, persist, example)
+        if graph is not None:
+            return graph, "loaded"
+        with self.cache.lock(key.hash):
+            graph = self._load(key, persist, example)  # another process may have written it meanwhile
+            if graph is not None:
+                return graph, "loaded"
+            self._counters["cache_misses"] += 1
+            t0 = time.perf_counter()
+            graph = persist.compile(self.fn, example)
+            seconds = time.perf_counter() - t0
+            try:
+                self.cache.store(key, lambda d: persist.save(graph, d), seconds)
+                self._counters["cache_writes"] += 1
+            except CacheWriteError as exc:
+                if "write" not in self._cache_warned:
+                    self._cache_warned.add("write")
+                    log.warning("warmgraph: %s; continuing with in-memory graphs", exc)
+        return graph, "compiled"
+
+    def _load(self, key: CacheKey, persist: Backend, example: list[Any]) -> CompiledGraph | None:
+        assert self.cache is not None
+        entry = self.cache.lookup(key)
+        if entry is None:
+            return None
+        try:
+            graph = persist.load(entry.path, self.fn, example)
+        except Exception as exc:  # a verified entry that still fails to load: recompile, never crash
+            log.warning("warmgraph: cache entry %s did not load (%s); compiling it again", key.hash[:12], exc)
+            self.cache.remove(entry)
+            return None
+        self._counters["cache_hits"] += 1
+        self._counters["bytes_loaded"] += entry.size
+        self.cache.touch(entry)
+        return graph
 
     def warmup(self, progress: bool = False) -> WarmupReport:
         """Compile every bucket, largest padded work first, and report the time of each.
@@ -131,8 +219,8 @@ class GraphRunner:
             if bucket in self._graphs:
                 report.entries.append(BucketWarmup(bucket, 0.0, "ready"))
             else:
-                seconds = self._compile(bucket)
-                report.entries.append(BucketWarmup(bucket, seconds, "compiled"))
+                seconds, source = self._compile(bucket)
+                report.entries.append(BucketWarmup(bucket, seconds, source))
             if bar is not None:
                 bar.set_postfix_str(f"{bucket} {report.entries[-1].seconds:.1f}s")
                 bar.update()
@@ -256,6 +344,7 @@ def compile(
     dims: Dims | None = None,
     miss_policy: MissPolicy | str = MissPolicy.EAGER,
     copy_outputs: bool = True,
+    cache: bool | str | os.PathLike[str] | GraphCache | None = None,
 ) -> GraphRunner:
     """A GraphRunner for ``fn`` over ``buckets``; call ``warmup()`` before serving.
 
@@ -263,7 +352,9 @@ def compile(
     sizes of dimensions that are not bucketed. ``backend``: ``auto`` (best for the device),
     ``eager``, ``inductor``, ``aot``, ``cuda_graph``, ``acl_graph``, ``hpu_graph`` or a
     Backend instance. ``copy_outputs=False`` returns captured outputs as views of static
-    memory that the next call of that bucket overwrites.
+    memory that the next call of that bucket overwrites. ``cache``: True for the default
+    graph cache root, a directory, or a GraphCache; warmup then loads what it holds and
+    stores what it compiles (None: no cache).
     """
     return GraphRunner(fn, buckets, example_inputs, backend, device=device, dims=dims, miss_policy=miss_policy,
-                       copy_outputs=copy_outputs)
+                       copy_outputs=copy_outputs, cache=cache)
