@@ -12,6 +12,7 @@ import click
 
 from warmgraph import __version__
 from warmgraph.cli.buckets import buckets
+from warmgraph.cli.cache import cache
 from warmgraph.errors import WarmgraphError
 
 
@@ -22,12 +23,14 @@ def cli() -> None:
 
 
 cli.add_command(buckets)
+cli.add_command(cache)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; exit 2 with one line on stderr for any user error."""
     try:
-        cli.main(args=argv, prog_name="warmgraph", standalone_mode=False)
+        # Without standalone mode click returns a command's ctx.exit(code) instead of raising.
+        code = cli.main(args=argv, prog_name="warmgraph", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.Abort:
@@ -43,4 +46,4 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:  # e.g. a plot or output path that cannot be written
         click.echo(f"warmgraph: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
         sys.exit(2)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
