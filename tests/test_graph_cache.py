@@ -234,3 +234,35 @@ def test_aot_fine_tune_reuses_entries_and_binds_new_weights(tmp_path: Path) -> N
         tuned.down.bias.add_(1.0)  # bound, not copied: an in-place change is seen
     torch.testing.assert_close(warm(x), tuned(x).detach(), rtol=1e-4, atol=1e-5)
     assert len(GraphCache(tmp_path).entries()) == 1
+
+
+def test_an_unusable_cache_costs_the_cache_not_the_run(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    backend = FileBackend()
+    runner = warmgraph.compile(MLP().eval(), buckets=[2, 4], example_inputs=(torch.randn(4, 64),), backend=backend,
+                               cache=blocker / "cache")  # cannot be created: its parent is a file
+    with caplog.at_level(logging.WARNING, logger="warmgraph"):
+        report = runner.warmup()
+    assert report.compiled == 2 and runner.counters["cache_writes"] == 0
+    assert sum("continuing with in-memory graphs" in r.message for r in caplog.records) == 1
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(runner(x), runner.fn(x).detach())
+
+
+def test_lock_failure_is_a_cache_write_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    import warmgraph.graph_cache.store as store_mod
+    from warmgraph.errors import CacheWriteError
+
+    cache = GraphCache(tmp_path)
+    cache.ensure()
+
+    class Full:
+        def __init__(self, *a: Any, **k: Any) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(store_mod, "FileLock", Full)
+    with pytest.raises(CacheWriteError, match="No space left on device"), cache.lock("ab" * 32):
+        pass

@@ -117,7 +117,11 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    try:  # a zombie (killed, not yet reaped) answers kill(0) but will never finish its write
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 class GraphCache:
@@ -232,8 +236,16 @@ class GraphCache:
     def lock(self, key_hash: str) -> Iterator[None]:
         """Hold the per-key lock: one process compiles a key while the others wait."""
         self.ensure()
-        with FileLock(str(self.root / "locks" / f"{key_hash}.lock")):
+        try:
+            lock = FileLock(str(self.root / "locks" / f"{key_hash}.lock"))
+            lock.acquire()
+        except OSError as exc:  # a full disk, no inodes, a read-only volume
+            raise CacheWriteError(f"cannot lock cache key {key_hash[:12]} in {self.root}: "
+                                  f"{exc.strerror or exc}; free space or point WARMGRAPH_CACHE_DIR elsewhere") from None
+        try:
             yield
+        finally:
+            lock.release()
 
     def store(self, key: CacheKey, write: Callable[[Path], list[str]], compile_seconds: float,
               extra: dict[str, Any] | None = None) -> Entry:

@@ -31,7 +31,7 @@ import torch
 from warmgraph.bucketing.buckets import Bucket, BucketSet, MissPolicy, work
 from warmgraph.compiler.base import Backend, CompiledGraph
 from warmgraph.compiler.registry import get_backend
-from warmgraph.errors import CacheWriteError, ConfigError
+from warmgraph.errors import CacheSecurityError, CacheWriteError, ConfigError
 from warmgraph.graph_cache.key import CacheKey, device_info, fingerprint_graph, make_key
 from warmgraph.graph_cache.store import GraphCache
 from warmgraph.runtime.counters import Counters
@@ -140,6 +140,18 @@ class GraphRunner:
             self._counters["compiles"] += 1
         return time.perf_counter() - t0, source
 
+    @property
+    def persists(self) -> bool:
+        """Whether warmup stores graphs in (and loads them from) a graph cache."""
+        return self._persistent_backend() is not None
+
+    def missing_from_cache(self) -> list[Bucket]:
+        """Buckets the graph cache cannot serve yet (all of them without a persisting cache)."""
+        if self._persistent_backend() is None:
+            return list(self.buckets)
+        assert self.cache is not None
+        return [b for b in self.buckets if b not in self._graphs and self.cache.lookup(self.cache_key(b)) is None]
+
     def _persistent_backend(self) -> Backend | None:
         """The backend whose graphs the cache keeps: this one, or a capture backend's inner one."""
         if self.cache is None:
@@ -163,27 +175,47 @@ class GraphRunner:
                         device=self._key_parts["device"])
 
     def _cached_build(self, bucket: Bucket, example: list[Any], persist: Backend) -> tuple[CompiledGraph, str]:
+        """Load ``bucket`` from the cache, or compile it once across processes and store it.
+
+        A cache that cannot be used (no space, read-only, cannot be created) costs the cache,
+        never the run: the graph is compiled and kept in memory. An unsafe cache (wrong owner
+        or permissions) is refused loudly instead: CacheSecurityError is not caught.
+        """
         assert self.cache is not None
         key = self.cache_key(bucket, example, persist)
-        graph = self._load(key, persist, example)
-        if graph is not None:
-            return graph, "loaded"
-        with self.cache.lock(key.hash):
-            graph = self._load(key, persist, example)  # another process may have written it meanwhile
+        try:
+            graph = self._load(key, persist, example)
             if graph is not None:
                 return graph, "loaded"
+            with self.cache.lock(key.hash):
+                graph = self._load(key, persist, example)  # another process may have written it meanwhile
+                if graph is not None:
+                    return graph, "loaded"
+                return self._compile_and_store(key, persist, example), "compiled"
+        except CacheSecurityError:
+            raise
+        except CacheWriteError as exc:
+            self._warn_cache(exc)
             self._counters["cache_misses"] += 1
-            t0 = time.perf_counter()
-            graph = persist.compile(self.fn, example)
-            seconds = time.perf_counter() - t0
-            try:
-                self.cache.store(key, lambda d: persist.save(graph, d), seconds)
-                self._counters["cache_writes"] += 1
-            except CacheWriteError as exc:
-                if "write" not in self._cache_warned:
-                    self._cache_warned.add("write")
-                    log.warning("warmgraph: %s; continuing with in-memory graphs", exc)
-        return graph, "compiled"
+            return persist.compile(self.fn, example), "compiled"
+
+    def _compile_and_store(self, key: CacheKey, persist: Backend, example: list[Any]) -> CompiledGraph:
+        assert self.cache is not None
+        self._counters["cache_misses"] += 1
+        t0 = time.perf_counter()
+        graph = persist.compile(self.fn, example)
+        seconds = time.perf_counter() - t0
+        try:
+            self.cache.store(key, lambda d: persist.save(graph, d), seconds)
+            self._counters["cache_writes"] += 1
+        except CacheWriteError as exc:
+            self._warn_cache(exc)
+        return graph
+
+    def _warn_cache(self, exc: Exception) -> None:
+        if "write" not in self._cache_warned:
+            self._cache_warned.add("write")
+            log.warning("warmgraph: %s; continuing with in-memory graphs", exc)
 
     def _load(self, key: CacheKey, persist: Backend, example: list[Any]) -> CompiledGraph | None:
         assert self.cache is not None
@@ -201,13 +233,14 @@ class GraphRunner:
         self.cache.touch(entry)
         return graph
 
-    def warmup(self, progress: bool = False) -> WarmupReport:
-        """Compile every bucket, largest padded work first, and report the time of each.
+    def warmup(self, progress: bool = False, only: Sequence[Bucket] | None = None) -> WarmupReport:
+        """Compile every bucket (or ``only`` these), largest padded work first; report each.
 
         Largest first so capture backends size their shared memory pool once. Buckets
         already compiled are reported as ``ready``.
         """
-        order = sorted(self.buckets, key=lambda b: (work(b), b), reverse=True)
+        chosen = self.buckets if only is None else [tuple(b) for b in only]
+        order = sorted(chosen, key=lambda b: (work(b), b), reverse=True)
         report = WarmupReport(self.backend.name)
         start = time.perf_counter()
         bar = None
@@ -222,7 +255,9 @@ class GraphRunner:
                 seconds, source = self._compile(bucket)
                 report.entries.append(BucketWarmup(bucket, seconds, source))
             if bar is not None:
-                bar.set_postfix_str(f"{bucket} {report.entries[-1].seconds:.1f}s")
+                last = report.entries[-1]
+                hit = {"loaded": "hit", "compiled": "miss"}.get(last.source, last.source)
+                bar.set_postfix_str(f"{bucket} {hit} {last.seconds:.1f}s")
                 bar.update()
         if bar is not None:
             bar.close()
