@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TRACE  ?= ../shared/workloads/azure_llm_inference_2023_conv.csv
 
-.PHONY: demo test lint bench clean
+.PHONY: demo demo-buckets test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
+	@echo "== 1. warm up the embedded default model: every prompt and decode bucket, through the graph cache"
+	$(VENV)/bin/warmgraph warmup
+	@echo "== 2. generate through the warmed graphs"
+	$(VENV)/bin/warmgraph generate --prompt "the cat watches the river and" --prompt "hello" --max-tokens 24
+	@echo "== 3. the graph cache"
+	$(VENV)/bin/warmgraph cache du
+
+demo-buckets: $(STAMP)
 	@echo "== 1. vllm-gaudi's exponential plan for a 32k-context server"
 	$(VENV)/bin/warmgraph buckets plan --strategy exponential --max-num-seqs 256 --max-num-batched-tokens 8192 \
 	  --max-model-len 32768 --num-blocks 4127

@@ -310,8 +310,10 @@ def clear_cmd(yes: bool, root: Path | None, as_json: bool) -> None:
         if not _interactive():
             raise click.UsageError(f"refusing to clear {store.root} without confirmation; pass --yes")
         # The prompt goes to stderr so --json still prints exactly one object on stdout.
-        click.confirm(f"remove all {len(doomed)} entries ({human_size(sum(sizes.values()))}) from {store.root}?",
-                      abort=True, err=True)
+        if not click.confirm(f"remove all {len(doomed)} entries ({human_size(sum(sizes.values()))}) "
+                             f"from {store.root}?", err=True):
+            click.echo("warmgraph: nothing removed", err=True)
+            raise click.exceptions.Exit(130)
     if doomed:
         store.clear()
     _removed(store, doomed, sizes, as_json, "clear")

@@ -13,6 +13,7 @@ import click
 from warmgraph import __version__
 from warmgraph.cli.buckets import buckets
 from warmgraph.cli.cache import cache
+from warmgraph.cli.engine import generate, warmup
 from warmgraph.errors import WarmgraphError
 
 
@@ -24,6 +25,8 @@ def cli() -> None:
 
 cli.add_command(buckets)
 cli.add_command(cache)
+cli.add_command(warmup)
+cli.add_command(generate)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,8 +36,8 @@ def main(argv: list[str] | None = None) -> None:
         code = cli.main(args=argv, prog_name="warmgraph", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.Abort:
-        click.echo("warmgraph: aborted", err=True)
+    except (KeyboardInterrupt, click.Abort):  # click turns Ctrl-C into Abort
+        click.echo("\nwarmgraph: interrupted; graphs finished so far are in the cache for the next run", err=True)
         sys.exit(130)
     except click.UsageError as exc:
         where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""

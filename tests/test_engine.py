@@ -1,0 +1,134 @@
+"""The engine: greedy output identical to transformers, cached graphs, isolation of bad requests,
+and a warmup that survives Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+
+from warmgraph.models.default import ensure_default_model
+from warmgraph.models.llama import LlamaConfig, LlamaForCausalLM
+from warmgraph.models.loader import load_checkpoint, save_checkpoint
+from warmgraph.runtime.engine import Engine, EngineConfig, SamplingParams
+
+GQA = LlamaConfig(vocab_size=600, hidden_size=96, intermediate_size=200, num_hidden_layers=3, num_attention_heads=6,
+                  num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0,
+                  tie_word_embeddings=False, bos_token_id=1, eos_token_id=[2])
+PROMPTS = ["hello", "the cat watches the river and the old engineer builds a wooden box",
+           "a small dog finds three apples " * 5, "x"]  # the third needs chunked prefill at 64 tokens/step
+SMALL = dict(max_num_seqs=2, max_num_batched_tokens=32, max_model_len=64, block_size=32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> object:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: threads only add barriers on a busy 2-core machine
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def default_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_default_model(tmp_path_factory.mktemp("root"))
+
+
+@pytest.fixture(scope="module")
+def gqa_ckpt(tmp_path_factory: pytest.TempPathFactory, default_ckpt: Path) -> Path:
+    model = LlamaForCausalLM(GQA)
+    model.init_weights(torch.Generator().manual_seed(11), std=0.1)
+    _, tokenizer, _ = load_checkpoint(default_ckpt)
+    path = tmp_path_factory.mktemp("gqa")
+    save_checkpoint(model, tokenizer, GQA, path)
+    return path
+
+
+def hf_greedy(hf: transformers.LlamaForCausalLM, ids: list[int], n: int, eos: tuple[int, ...]) -> list[int]:
+    out = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                      max_new_tokens=n, do_sample=False, eos_token_id=list(eos), pad_token_id=eos[0])
+    return out[0, len(ids):].tolist()
+
+
+@pytest.mark.parametrize("which", ["default", "gqa"])
+@pytest.mark.parametrize("batch", [1, 4])
+def test_greedy_identical_to_transformers(request: pytest.FixtureRequest, which: str, batch: int) -> None:
+    path = request.getfixturevalue(f"{which}_ckpt")
+    model, tokenizer, config = load_checkpoint(path)
+    hf = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    engine = Engine(model, tokenizer, EngineConfig(backend="eager", cache=None, max_num_seqs=4,
+                                                   max_num_batched_tokens=64, max_model_len=256, block_size=16))
+    out = engine.generate(PROMPTS[:batch] if batch == 1 else PROMPTS, SamplingParams(max_tokens=10))
+    for completion in out["completions"]:
+        ids = tokenizer.encode(completion["prompt"]).ids  # the tokenizer adds <s> itself, as the engine expects
+        assert ids[0] == config.bos_token_id
+        assert completion["token_ids"] == hf_greedy(hf, ids, 10, config.eos_token_ids), completion["prompt"]
+    assert out["stats"]["eager_fallbacks"] == 0 and out["stats"]["graph_replays"] > 0
+
+
+def test_aot_cold_in_workers_then_warm_start(default_ckpt: Path, tmp_path: Path) -> None:
+    model, tokenizer, _ = load_checkpoint(default_ckpt)
+    reference = Engine(model, tokenizer, EngineConfig(backend="eager", cache=None, **SMALL))
+    prompts = [*PROMPTS[:2], "a small dog finds three apples " * 3]  # 3 prompts through 2 slots; a 2-chunk prefill
+    expected = reference.generate(prompts, SamplingParams(max_tokens=8))
+    cold = Engine(model, tokenizer, EngineConfig(backend="aot", cache=tmp_path, **SMALL))
+    graphs = len(cold.plan.prompt) + len(cold.plan.decode)
+    report = cold.warmup(workers=2)
+    assert report.compiled == graphs == 6 and report.loaded == 0
+    assert cold.prefill.counters["compiles"] + cold.decode.counters["compiles"] == 0  # workers compiled them
+    got = cold.generate(prompts, SamplingParams(max_tokens=8))
+    assert [c["token_ids"] for c in got["completions"]] == [c["token_ids"] for c in expected["completions"]]
+    assert got["stats"]["eager_fallbacks"] == 0
+    warm = Engine(model, tokenizer, EngineConfig(backend="aot", cache=tmp_path, **SMALL))
+    report = warm.warmup(workers=2)
+    assert report.loaded == graphs and report.compiled == 0
+    again = warm.generate(prompts, SamplingParams(max_tokens=8))
+    assert [c["token_ids"] for c in again["completions"]] == [c["token_ids"] for c in expected["completions"]]
+
+
+def test_a_prompt_too_long_fails_alone(default_ckpt: Path) -> None:
+    model, tokenizer, _ = load_checkpoint(default_ckpt)
+    engine = Engine(model, tokenizer, EngineConfig(backend="eager", cache=None, **SMALL))
+    out = engine.generate(["word " * 200, "hello"], SamplingParams(max_tokens=4))
+    bad, good = out["completions"]
+    assert bad["finish_reason"] == "error" and "max_model_len is 64" in bad["error"] and bad["token_ids"] == []
+    assert good["finish_reason"] == "length" and len(good["token_ids"]) == 4
+
+
+def test_seeded_sampling_is_reproducible(default_ckpt: Path) -> None:
+    model, tokenizer, _ = load_checkpoint(default_ckpt)
+    engine = Engine(model, tokenizer, EngineConfig(backend="eager", cache=None, **SMALL))
+    params = SamplingParams(max_tokens=12, temperature=1.5, top_p=0.9, seed=3)
+    first = engine.generate(["hello", "the cat"], params)
+    second = engine.generate(["hello", "the cat"], params)
+    assert [c["token_ids"] for c in first["completions"]] == [c["token_ids"] for c in second["completions"]]
+    greedy = engine.generate(["hello", "the cat"], SamplingParams(max_tokens=12))
+    assert [c["token_ids"] for c in first["completions"]] != [c["token_ids"] for c in greedy["completions"]]
+
+
+def test_ctrl_c_during_warmup_leaves_a_cache_the_next_run_uses(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    env = {**os.environ, "WARMGRAPH_CACHE_DIR": str(cache), "PYTHONWARNINGS": "ignore"}
+    args = [sys.executable, "-m", "warmgraph", "warmup", "--backend", "aot", "--workers", "1",
+            "--max-num-seqs", "2", "--max-num-batched-tokens", "32", "--max-model-len", "64", "--block-size", "32"]
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        entries = cache / "entries"
+        if entries.is_dir() and any(entries.iterdir()):
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err
+    rerun = subprocess.run([*args, "--json"], env=env, capture_output=True, text=True, timeout=600, check=True)
+    result = json.loads(rerun.stdout)
+    assert result["loaded"] >= 1 and result["loaded"] + result["compiled"] == result["buckets"] == 6

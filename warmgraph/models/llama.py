@@ -1,0 +1,569 @@
+"""A Llama-family decoder written for graphs: static shapes, no host syncs, Hugging Face names.
+
+Parameter names match transformers' ``LlamaForCausalLM`` (``model.layers.0.self_attn.q_proj.weight``
+...), so a Hugging Face state dict loads as is, and the numerics follow it step for step:
+RMSNorm in float32 cast back, SwiGLU MLP, grouped-query attention, rotate-half RoPE whose
+inverse frequencies are computed with the same expressions (``default``, ``linear``, ``llama3``).
+
+The pieces are exposed so an engine can compose a paged-attention step without re-implementing
+any math: ``embed``, ``rope_cos_sin``, then per layer ``qkv`` -> (its own attention over a KV
+cache) -> ``finish``, then ``logits``. The dense ``forward`` methods compose the same pieces with
+plain causal attention and are the reference the tests hold against transformers.
+
+Graph rules kept here: the RoPE tables are precomputed for ``max_position_embeddings`` and
+indexed on the device (a position past the table is an indexing error, not a silent
+recompute); nothing calls ``.item()`` or otherwise reads a device value on the host inside a
+step. ``greedy_generate_reference`` is the one exception, and it is for tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from warmgraph.errors import ConfigError
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral")
+ROPE_TYPES = ("default", "linear", "llama3")
+_LLAMA3_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "half": "float16"}
+
+
+def canonical_dtype(name: str) -> str:
+    """``"float32"``, ``"bfloat16"`` or ``"float16"`` for a name or alias (fp32, bf16, fp16, half)."""
+    key = str(name).removeprefix("torch.").lower()
+    key = _DTYPE_ALIASES.get(key, key)
+    if key not in _DTYPES:
+        raise ConfigError(f"dtype {name!r} is not supported; use one of {', '.join(_DTYPES)} (or fp32, bf16, fp16)")
+    return key
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype for a name accepted by ``canonical_dtype``."""
+    return _DTYPES[canonical_dtype(name)]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The config name (``"bfloat16"`` ...) of a torch dtype warmgraph supports."""
+    for name, value in _DTYPES.items():
+        if value == dtype:
+            return name
+    raise ConfigError(f"dtype {dtype} is not supported; use one of {', '.join(_DTYPES)}")
+
+
+# -- config ---------------------------------------------------------------------------------
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"LlamaConfig.{name}={value!r} is not allowed; it must be a positive integer")
+
+
+def _positive_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+        raise ConfigError(f"LlamaConfig.{name}={value!r} is not allowed; it must be a positive finite number")
+    return value
+
+
+def _normalize_rope_scaling(scaling: Any, max_positions: int) -> dict[str, Any] | None:
+    """A validated copy of ``rope_scaling`` with ``rope_type`` set, or None for plain RoPE."""
+    if scaling is None:
+        return None
+    if not isinstance(scaling, Mapping):
+        raise ConfigError(f"LlamaConfig.rope_scaling={scaling!r} is not allowed; it must be a dict or null")
+    # Older checkpoints spell the key "type"; transformers reads either.
+    rope_type = scaling.get("rope_type", scaling.get("type", "default"))
+    if rope_type == "default":
+        return None
+    if rope_type == "dynamic":
+        raise ConfigError("LlamaConfig.rope_scaling.rope_type='dynamic' is not supported: dynamic NTK scaling changes "
+                          "the frequencies with the sequence length, which a captured graph cannot follow; "
+                          f"supported: {', '.join(ROPE_TYPES)}")
+    if rope_type not in ROPE_TYPES:
+        raise ConfigError(f"LlamaConfig.rope_scaling.rope_type={rope_type!r} is not supported; "
+                          f"supported: {', '.join(ROPE_TYPES)}")
+    partial = scaling.get("partial_rotary_factor", 1.0)
+    if partial != 1.0:
+        raise ConfigError(f"LlamaConfig.rope_scaling.partial_rotary_factor={partial!r} is not supported; "
+                          "only 1.0 (RoPE over the whole head)")
+    out: dict[str, Any] = {"rope_type": rope_type}
+    keys = ("factor",) if rope_type == "linear" else _LLAMA3_KEYS
+    for key in keys:
+        value = scaling.get(key)
+        if value is None and key == "original_max_position_embeddings":
+            value = max_positions  # transformers' fallback when a llama3 config omits it
+        if value is None:
+            raise ConfigError(f"LlamaConfig.rope_scaling.{key} is missing; rope_type {rope_type!r} needs "
+                              f"{', '.join(keys)}")
+        out[key] = _positive_number(f"rope_scaling.{key}", value)
+    if rope_type == "llama3" and not out["high_freq_factor"] > out["low_freq_factor"]:
+        raise ConfigError(f"LlamaConfig.rope_scaling: high_freq_factor={out['high_freq_factor']} must be greater "
+                          f"than low_freq_factor={out['low_freq_factor']} (the llama3 smoothing divides by the gap)")
+    return out
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """The shape and numerics of a Llama-family decoder, as in a Hugging Face ``config.json``.
+
+    ``head_dim`` defaults to ``hidden_size // num_attention_heads`` and ``num_key_value_heads`` to
+    ``num_attention_heads``; both are filled in after construction. ``rope_scaling`` is stored
+    normalised (``rope_type`` key present) or None for plain RoPE. ``eos_token_id`` given as a
+    list is stored as a tuple so the config stays immutable. Invalid values raise ConfigError
+    naming the field, the value and what is allowed.
+    """
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = field(default=None, hash=False)
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = 1
+    eos_token_id: int | tuple[int, ...] | None = 2
+    torch_dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                     "max_position_embeddings"):
+            _positive_int(name, getattr(self, name))
+        heads = self.num_attention_heads
+        if self.head_dim is None:
+            if self.hidden_size % heads:
+                raise ConfigError(f"LlamaConfig.hidden_size={self.hidden_size} is not divisible by "
+                                  f"num_attention_heads={heads}; give head_dim explicitly or change one of them")
+            object.__setattr__(self, "head_dim", self.hidden_size // heads)
+        _positive_int("head_dim", self.head_dim)
+        if self.head_dim % 2:
+            raise ConfigError(f"LlamaConfig.head_dim={self.head_dim} is not allowed; rotate-half RoPE needs it even")
+        if self.num_key_value_heads is None:
+            object.__setattr__(self, "num_key_value_heads", heads)
+        _positive_int("num_key_value_heads", self.num_key_value_heads)
+        if heads % self.num_key_value_heads:
+            raise ConfigError(f"LlamaConfig.num_key_value_heads={self.num_key_value_heads} is not allowed; it must "
+                              f"divide num_attention_heads={heads} (each kv head serves a whole group)")
+        _positive_number("rms_norm_eps", self.rms_norm_eps)
+        _positive_number("rope_theta", self.rope_theta)
+        if not isinstance(self.tie_word_embeddings, bool):
+            raise ConfigError(f"LlamaConfig.tie_word_embeddings={self.tie_word_embeddings!r} must be true or false")
+        object.__setattr__(self, "rope_scaling",
+                           _normalize_rope_scaling(self.rope_scaling, self.max_position_embeddings))
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        for name, tid in [("bos_token_id", self.bos_token_id), *(("eos_token_id", t) for t in self.eos_token_ids)]:
+            bad = isinstance(tid, bool) or not isinstance(tid, int) or not 0 <= tid < self.vocab_size
+            if tid is not None and bad:
+                raise ConfigError(f"LlamaConfig.{name}={tid!r} is not allowed; it must be a token id in "
+                                  f"[0, {self.vocab_size}) or null")
+        object.__setattr__(self, "torch_dtype", canonical_dtype(self.torch_dtype))
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """``eos_token_id`` as a tuple (empty when there is none)."""
+        eos = self.eos_token_id
+        return () if eos is None else eos if isinstance(eos, tuple) else (eos,)
+
+    @classmethod
+    def from_hf(cls, hf: Mapping[str, Any]) -> LlamaConfig:
+        """Read a Hugging Face ``config.json`` dict (transformers 4.x ``rope_scaling``/``rope_theta``
+        or 5.x ``rope_parameters``). Raises ConfigError naming the field that is missing, has a bad
+        value or asks for something this decoder does not implement (biases, other activations,
+        sliding-window attention, partial rotary)."""
+        if not isinstance(hf, Mapping):
+            raise ConfigError(f"config.json must hold a JSON object, found {type(hf).__name__}")
+        model_type = hf.get("model_type")
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ConfigError(f"config.json: model_type={model_type!r} is not supported; warmgraph loads Llama-family "
+                              f"decoders ({', '.join(SUPPORTED_MODEL_TYPES)})")
+        required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+        for name in required:
+            if hf.get(name) is None:
+                raise ConfigError(f"config.json: field {name!r} is missing; a {model_type} config needs "
+                                  f"{', '.join(required)}")
+        act = hf.get("hidden_act", "silu")
+        if act != "silu":
+            raise ConfigError(f"config.json: hidden_act={act!r} is not supported; the Llama MLP here is SwiGLU (silu)")
+        for name in ("attention_bias", "mlp_bias"):
+            if hf.get(name):
+                raise ConfigError(f"config.json: {name}=true is not supported; only bias-free projections")
+        window = hf.get("sliding_window")
+        max_pos = hf.get("max_position_embeddings", 2048)
+        if isinstance(window, int) and isinstance(max_pos, int) and window < max_pos:
+            raise ConfigError(f"config.json: sliding_window={window} is below max_position_embeddings={max_pos}; "
+                              "sliding-window attention is not supported (set sliding_window to null)")
+        if hf.get("partial_rotary_factor", 1.0) != 1.0:
+            raise ConfigError(f"config.json: partial_rotary_factor={hf['partial_rotary_factor']} is not supported")
+        params = hf.get("rope_parameters")
+        if params:
+            if not isinstance(params, Mapping) or any(isinstance(v, Mapping) for v in params.values()):
+                raise ConfigError("config.json: rope_parameters must be one flat dict (per-layer RoPE is unsupported)")
+            scaling = {k: v for k, v in params.items() if k != "rope_theta"}
+            theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
+        else:
+            scaling, theta = hf.get("rope_scaling"), hf.get("rope_theta", 10000.0)
+        eos = hf.get("eos_token_id", 2)
+        return cls(
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_hidden_layers=hf["num_hidden_layers"],
+            num_attention_heads=hf["num_attention_heads"],
+            num_key_value_heads=hf.get("num_key_value_heads"),
+            head_dim=hf.get("head_dim"),
+            max_position_embeddings=max_pos,
+            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+            rope_theta=theta,
+            rope_scaling=dict(scaling) if isinstance(scaling, Mapping) else scaling,
+            tie_word_embeddings=hf.get("tie_word_embeddings", False),
+            bos_token_id=hf.get("bos_token_id", 1),
+            eos_token_id=tuple(eos) if isinstance(eos, list) else eos,
+            torch_dtype=hf.get("torch_dtype") or hf.get("dtype") or "float32",
+        )
+
+    def to_hf(self) -> dict[str, Any]:
+        """A ``config.json`` dict that transformers 4.x and 5.x both read as ``LlamaForCausalLM``."""
+        out = asdict(self)
+        out["eos_token_id"] = list(self.eos_token_id) if isinstance(self.eos_token_id, tuple) else self.eos_token_id
+        out["rope_scaling"] = dict(self.rope_scaling) if self.rope_scaling else None
+        out.update(architectures=["LlamaForCausalLM"], model_type="llama", hidden_act="silu", attention_bias=False,
+                   mlp_bias=False, attention_dropout=0.0, initializer_range=0.02, use_cache=True)
+        return out
+
+
+# -- RoPE -----------------------------------------------------------------------------------
+
+
+def rope_inv_freq(config: LlamaConfig, device: torch.device | str | None = None) -> torch.Tensor:
+    """The float32 inverse frequencies ``(head_dim // 2,)``, computed with the same expressions
+    (and so the same float32 roundings) as transformers' RoPE init functions."""
+    dim = config.head_dim
+    assert dim is not None
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64, device=device).to(dtype=torch.float) / dim
+    inv_freq = 1.0 / (config.rope_theta ** exponents)
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq
+    if scaling["rope_type"] == "linear":
+        return inv_freq / scaling["factor"]
+    # llama3: leave short wavelengths alone, divide long ones by `factor`, and blend in between.
+    factor = scaling["factor"]
+    low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+    old_context = scaling["original_max_position_embeddings"]
+    low_freq_wavelen = old_context / low
+    high_freq_wavelen = old_context / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > low_freq_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    is_medium = ~(wavelen < high_freq_wavelen) * ~(wavelen > low_freq_wavelen)
+    return torch.where(is_medium, smoothed, scaled)
+
+
+class LlamaRotaryEmbedding(nn.Module):
+    """cos/sin tables ``(max_position_embeddings, head_dim)`` as non-persistent buffers.
+
+    ``forward(positions (...)) -> (cos, sin)`` each ``(..., head_dim)``: a device-side gather,
+    no recompute and no host sync. Tables are computed in float32 and stored in the weights'
+    dtype (``from_state_dict``) or float32; either way the values are transformers' float32
+    angles cast to the activations' dtype, which ``apply_rope`` also enforces.
+    """
+
+    cos_cached: torch.Tensor
+    sin_cached: torch.Tensor
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.reset_tables()
+
+    def reset_tables(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> None:
+        """(Re)compute the tables on ``device``; used after building a model on the meta device."""
+        inv_freq = rope_inv_freq(self.config, device)
+        positions = torch.arange(self.config.max_position_embeddings, dtype=torch.int64, device=device).float()
+        # An elementwise product (not a matmul) so every angle is the one float32 rounding HF gets.
+        freqs = positions[:, None] * inv_freq[None, :]
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.register_buffer("cos_cached", emb.cos().to(dtype), persistent=False)
+        self.register_buffer("sin_cached", emb.sin().to(dtype), persistent=False)
+
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cos_cached[positions], self.sin_cached[positions]
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """``[x1, x2] -> [-x2, x1]`` over the last dim (the Hugging Face Llama convention)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+               sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotate ``q (..., T, heads, D)`` and ``k (..., T, kv_heads, D)`` by ``cos/sin (..., T, D)``."""
+    cos = cos.unsqueeze(-2).to(q.dtype)
+    sin = sin.unsqueeze(-2).to(q.dtype)
+    return q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+
+
+# -- modules --------------------------------------------------------------------------------
+
+
+class LlamaRMSNorm(nn.Module):
+    """RMSNorm computed in float32 and cast back before the weight multiply, as transformers does."""
+
+    def __init__(self, hidden_size: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        in_dtype = x.dtype
+        x = x.to(torch.float32)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+        return self.weight * x.to(in_dtype)
+
+
+class LlamaMLP(nn.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))``."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(nn.functional.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class LlamaAttention(nn.Module):
+    """The attention projections and head geometry; the attention itself is composed by the
+    caller (``causal_attention`` for the dense reference, a paged kernel in an engine)."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        assert config.head_dim is not None and config.num_key_value_heads is not None
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.scaling = self.head_dim ** -0.5
+        self.q_proj = nn.Linear(config.hidden_size, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=False)
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Dense causal grouped-query attention: ``q (B, S, heads, D)``, ``k/v (B, S, kv_heads, D)``
+    -> ``(B, S, heads, D)``. ``attention_mask (B, S)`` marks the keys that may be attended (1 or
+    True; padding 0), on top of the causal mask. Query head ``h`` reads kv head
+    ``h // (heads // kv_heads)``, the grouping transformers uses.
+
+    A masked score is the dtype's most negative finite value, not -inf, so a row with no allowed
+    key (left padding) softmaxes to finite values instead of NaN. Softmax runs in float32.
+    """
+    heads, kv_heads, seq = q.shape[-2], k.shape[-2], q.shape[-3]
+    group = heads // kv_heads
+    q = q.transpose(-2, -3)
+    k = k.transpose(-2, -3).repeat_interleave(group, dim=-3)
+    v = v.transpose(-2, -3).repeat_interleave(group, dim=-3)
+    scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    allowed = torch.ones(seq, seq, dtype=torch.bool, device=q.device).tril()
+    if attention_mask is not None:
+        allowed = allowed & attention_mask.to(torch.bool)[:, None, None, :]
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+    return (probs @ v).transpose(-2, -3)
+
+
+class LlamaDecoderLayer(nn.Module):
+    """One pre-norm block, split at the attention so an engine can put its own attention between
+    ``qkv`` and ``finish``; ``forward`` is the dense reference composed of the same two halves."""
+
+    def __init__(self, config: LlamaConfig, rotary: LlamaRotaryEmbedding) -> None:
+        super().__init__()
+        self.input_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = LlamaAttention(config)
+        self.post_attention_layernorm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = LlamaMLP(config)
+        # Shared with the model, not registered as a child: every layer would otherwise list and
+        # move its own copy of the tables.
+        object.__setattr__(self, "_rotary", rotary)
+
+    def qkv(self, hidden: torch.Tensor, cos: torch.Tensor,
+            sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Input norm, projections and RoPE.
+
+        ``hidden (..., T, H)`` is the residual stream entering the layer; ``cos/sin (..., T, D)``
+        come from ``rope_cos_sin``. Returns ``q (..., T, heads, D)`` and ``k, v (..., T, kv_heads, D)``
+        with RoPE applied to q and k: what a KV cache stores.
+        """
+        attn = self.self_attn
+        x = self.input_layernorm(hidden)
+        q = attn.q_proj(x).unflatten(-1, (attn.num_heads, attn.head_dim))
+        k = attn.k_proj(x).unflatten(-1, (attn.num_kv_heads, attn.head_dim))
+        v = attn.v_proj(x).unflatten(-1, (attn.num_kv_heads, attn.head_dim))
+        q, k = apply_rope(q, k, cos, sin)
+        return q, k, v
+
+    def finish(self, hidden_residual: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        """``o_proj`` + residual, then post-norm MLP + residual.
+
+        ``hidden_residual (..., T, H)`` is the ``hidden`` given to ``qkv``; ``attn_out
+        (..., T, heads, D)`` is softmax(q k^T / sqrt(D)) v per head. Returns the layer output.
+        """
+        hidden = hidden_residual + self.self_attn.o_proj(attn_out.flatten(-2))
+        return hidden + self.mlp(self.post_attention_layernorm(hidden))
+
+    def forward(self, hidden: torch.Tensor, positions: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense reference: ``hidden (B, S, H)``, ``positions (B, S)`` int64, ``attention_mask
+        (B, S)`` (1 = real token) or None -> ``(B, S, H)``, full causal attention."""
+        cos, sin = self._rotary(positions)
+        return self._dense(hidden, cos, sin, attention_mask)
+
+    def _dense(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               attention_mask: torch.Tensor | None) -> torch.Tensor:
+        q, k, v = self.qkv(hidden, cos, sin)
+        return self.finish(hidden, causal_attention(q, k, v, attention_mask))
+
+
+class LlamaModel(nn.Module):
+    """``embed_tokens``, ``layers``, ``norm`` and the shared ``rotary_emb`` tables."""
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.rotary_emb = LlamaRotaryEmbedding(config)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(config, self.rotary_emb) for _ in range(config.num_hidden_layers))
+        self.norm = LlamaRMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class LlamaForCausalLM(nn.Module):
+    """The whole decoder with the LM head; ``state_dict()`` keys are transformers' keys.
+
+    With ``tie_word_embeddings`` the head shares the embedding's parameter (``state_dict`` then
+    lists it under both names, as torch does for shared parameters; checkpoints store it once).
+    """
+
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = LlamaModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.tie_weights()
+
+    @classmethod
+    def from_state_dict(cls, config: LlamaConfig, state: Mapping[str, torch.Tensor]) -> LlamaForCausalLM:
+        """Build around ``state`` (transformers names; ``lm_head.weight`` optional when tied)
+        without a random init: the module is built on the meta device and the tensors are
+        assigned, so they keep their device and dtype (all must share both). Raises RuntimeError
+        from ``load_state_dict`` on missing or mis-shaped tensors; the loader checks first."""
+        with torch.device("meta"):
+            model = cls(config)
+        full = dict(state)
+        if config.tie_word_embeddings:
+            full.setdefault("lm_head.weight", full["model.embed_tokens.weight"])
+        model.load_state_dict(full, strict=True, assign=True)
+        model.tie_weights()
+        weight = model.model.embed_tokens.weight
+        model.model.rotary_emb.reset_tables(weight.device, weight.dtype)
+        return model
+
+    def tie_weights(self) -> None:
+        """Point ``lm_head.weight`` at the embedding when the config ties them; no-op otherwise."""
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator, std: float = 0.02) -> None:
+        """Refill every parameter from ``generator``: projections and embeddings ~ N(0, std), norm
+        weights ~ 1 + N(0, std). Deterministic for a seeded generator (parameters in name order)."""
+        state = random_state_dict(self.config, generator, std)
+        for name, param in self.named_parameters():
+            param.copy_(state[name])
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.layers
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``input_ids (...)`` int64 -> ``(..., H)``."""
+        return self.model.embed_tokens(input_ids)
+
+    def rope_cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``positions (...)`` int64 in ``[0, max_position_embeddings)`` -> ``cos, sin (..., head_dim)``."""
+        return self.model.rotary_emb(positions)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final norm and LM head: ``(..., H) -> (..., vocab)`` in the model dtype."""
+        return self.lm_head(self.model.norm(hidden))
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Dense full recompute (the reference): ``input_ids (B, S)``, ``positions (B, S)`` (default
+        ``0..S-1`` per row), ``attention_mask (B, S)`` (1 = real token) -> logits ``(B, S, V)``."""
+        if positions is None:
+            positions = torch.arange(input_ids.shape[-1], device=input_ids.device).expand_as(input_ids)
+        hidden = self.embed(input_ids)
+        cos, sin = self.rope_cos_sin(positions)
+        for layer in self.model.layers:
+            hidden = layer._dense(hidden, cos, sin, attention_mask)
+        return self.logits(hidden)
+
+
+def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor a checkpoint must hold for ``config``, by transformers name, with its shape
+    (``lm_head.weight`` left out when the embeddings are tied)."""
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    if config.tie_word_embeddings:
+        shapes.pop("lm_head.weight")
+    return shapes
+
+
+def random_state_dict(config: LlamaConfig, generator: torch.Generator, std: float = 0.02) -> dict[str, torch.Tensor]:
+    """Float32 CPU weights from ``generator`` (see ``LlamaForCausalLM.init_weights``), drawn in
+    sorted name order so the same seed gives the same bytes on every run."""
+    state = {}
+    for name, shape in sorted(expected_shapes(config).items()):
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32) * std
+        state[name] = noise + 1.0 if name.endswith("norm.weight") else noise
+    return state
+
+
+@torch.no_grad()
+def greedy_generate_reference(model: LlamaForCausalLM, ids: list[int], max_new_tokens: int,
+                              eos: int | Iterable[int] | None = None) -> list[int]:
+    """Greedy decoding by full recompute, one token at a time (slow; for tests).
+
+    Returns only the new tokens, ending with the first token in ``eos`` if one is produced
+    (the convention of transformers' ``generate``). Ties go to the lowest token id.
+    """
+    stop = {eos} if isinstance(eos, int) else set(eos or ())
+    device = model.model.embed_tokens.weight.device
+    limit = model.config.max_position_embeddings
+    seq, out = list(ids), []
+    for _ in range(max_new_tokens):
+        if len(seq) > limit:
+            raise ConfigError(f"sequence of {len(seq)} tokens exceeds max_position_embeddings={limit}")
+        logits = model(torch.tensor([seq], dtype=torch.int64, device=device))
+        token = int(logits[0, -1].argmax())
+        seq.append(token)
+        out.append(token)
+        if token in stop:
+            break
+    return out
