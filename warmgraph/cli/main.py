@@ -7,6 +7,7 @@ stderr, ``warmgraph: error: ...``, and exits with code 2. Tracebacks are for bug
 from __future__ import annotations
 
 import sys
+import warnings
 
 import click
 
@@ -24,6 +25,12 @@ def cli() -> None:
 
 
 cli.add_command(buckets)
+
+
+def quiet_torch_warnings() -> None:
+    """torch 2.13's export prints a FutureWarning about its own pytree internals on every
+    compile; it says nothing to a warmgraph user, so that one message is silenced."""
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
 cli.add_command(cache)
 cli.add_command(warmup)
 cli.add_command(generate)
@@ -31,6 +38,7 @@ cli.add_command(generate)
 
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; exit 2 with one line on stderr for any user error."""
+    quiet_torch_warnings()
     try:
         # Without standalone mode click returns a command's ctx.exit(code) instead of raising.
         code = cli.main(args=argv, prog_name="warmgraph", standalone_mode=False)

@@ -26,9 +26,14 @@ _WORKER_RUNNERS: dict[Any, Any] = {}
 def _worker_compile(model_config: dict[str, Any], engine_config: Any, dtype: str, phase: str,
                     bucket: Bucket) -> tuple[str, Bucket, float, str]:
     """Compile one bucket in a worker process; returns (phase, bucket, seconds, source)."""
+    import warnings
+
     import torch
 
     from warmgraph.models.llama import LlamaConfig, torch_dtype
+
+    # A spawned worker starts with default warning filters: keep its stderr to the progress bar.
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
     from warmgraph.runtime.engine import build_runners, zero_state
 
     torch.set_num_threads(1)  # one compile per core: the workers are the parallelism
