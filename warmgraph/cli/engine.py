@@ -23,7 +23,7 @@ def _engine_options(f: Any) -> Any:
         click.option("--max-num-seqs", type=int, default=4, show_default=True),
         click.option("--max-model-len", type=int, default=256, show_default=True),
         click.option("--max-num-batched-tokens", type=int, default=64, show_default=True),
-        click.option("--block-size", type=int, default=32, show_default=True),
+        click.option("--block-size", type=int, default=64, show_default=True),
         click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
                      help="Weights dtype [the checkpoint's]."),
         click.option("--cache-dir", help="Graph cache root [$WARMGRAPH_CACHE_DIR or ~/.cache/warmgraph]."),

@@ -44,7 +44,7 @@ class EngineConfig:
     max_num_seqs: int = 4
     max_num_batched_tokens: int = 64
     max_model_len: int = 256
-    block_size: int = 32
+    block_size: int = 64
     num_blocks: int | None = None  # None: enough for max_num_seqs sequences of max_model_len
     max_num_prefill_seqs: int = 1
     strategy: str = "exponential"
