@@ -3,17 +3,22 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TESTSTAMP := $(VENV)/.installed-test
 TRACE  ?= ../shared/workloads/azure_llm_inference_2023_conv.csv
 
 .PHONY: demo demo-buckets test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	# The CPU build of torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
+
+# The tests also need the test extra (pytest, hypothesis, ruff, transformers); the demo does not.
+$(TESTSTAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(TESTSTAMP)
 
 demo: $(STAMP)
 	@echo "== 1. warm up the embedded default model: every prompt and decode bucket, through the graph cache"
@@ -37,7 +42,7 @@ demo-buckets: $(STAMP)
 	$(VENV)/bin/warmgraph buckets simulate --trace $(TRACE) --decode --max-num-seqs 256 --max-model-len 16384 \
 	  --num-blocks 16384 --compare fitted
 
-test: $(STAMP)
+test: $(TESTSTAMP)
 	$(VENV)/bin/ruff check warmgraph tests bench
 	$(PY) -m pytest
 
