@@ -17,6 +17,27 @@ def conv_trace() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> object:
+    """Tiny matmuls gain nothing from threads, and on a busy 2-core machine OpenMP's barriers
+    make each one ~100x slower; modules of tiny-model tests use this, and the setting is
+    restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def default_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded default model, generated into a private root for this module."""
+    from warmgraph.models.default import ensure_default_model
+
+    return ensure_default_model(tmp_path_factory.mktemp("root"))
+
+
 @pytest.fixture
 def code_trace() -> Path:
     path = WORKLOADS / "azure_llm_inference_2023_code.csv"

@@ -12,31 +12,11 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from warmgraph.cli.main import main
+from cli_helpers import assert_one_line_error, run, run_json
 
 PLAN = ["--max-num-seqs", "128", "--max-num-batched-tokens", "2048", "--max-model-len", "4096", "--num-blocks", "2000"]
 
 
-def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return int(exit_info.value.code or 0), out, err
-
-
-def run_json(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
-    code, out, err = run(capsys, *args, "--json")
-    assert code == 0, err
-    return json.loads(out)  # fails if anything but one JSON object was printed
-
-
-def assert_one_line_error(code: int, out: str, err: str, fragment: str) -> None:
-    assert code == 2
-    assert out == ""
-    assert err.count("\n") == 1 and err.startswith("warmgraph: error: "), err
-    assert fragment in err, err
-    assert "Traceback" not in err
 
 
 def test_range(capsys: pytest.CaptureFixture[str]) -> None:

@@ -15,7 +15,6 @@ import pytest
 import torch
 import transformers
 
-from warmgraph.models.default import ensure_default_model
 from warmgraph.models.llama import LlamaConfig, LlamaForCausalLM
 from warmgraph.models.loader import load_checkpoint, save_checkpoint
 from warmgraph.runtime.engine import Engine, EngineConfig, SamplingParams
@@ -28,17 +27,7 @@ PROMPTS = ["hello", "the cat watches the river and the old engineer builds a woo
 SMALL = dict(max_num_seqs=2, max_num_batched_tokens=32, max_model_len=64, block_size=32)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls: threads only add barriers on a busy 2-core machine
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def default_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_default_model(tmp_path_factory.mktemp("root"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -42,19 +42,7 @@ PROMPTS = ("The cat watches the river", "Why does the old engineer keep a paper 
            "x", "Hello, world! 1234 ~{}")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> object:
-    """Tiny matmuls gain nothing from threads, and on a busy 2-core box OpenMP's barriers make
-    each one ~100x slower; restore the setting for the rest of the session."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def default_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return ensure_default_model(tmp_path_factory.mktemp("root"))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ from typing import IO
 
 from warmgraph.errors import CacheError, CacheSecurityError, CacheWriteError
 from warmgraph.graph_cache.key import FORMAT_VERSION
-from warmgraph.graph_cache.store import MANIFEST, USAGE, Entry, GraphCache
+from warmgraph.graph_cache.store import MANIFEST, USAGE, Entry, GraphCache, fsync_dir
 
 INDEX = "warmgraph-archive.json"
 ARCHIVE_FORMAT = 1
@@ -148,17 +148,6 @@ def _add_entry(tar: tarfile.TarFile, cache: GraphCache, entry: Entry) -> None:
                              "(corrupted or altered); run 'warmgraph cache verify --repair' and export again")
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def export_archive(
     cache: GraphCache,
     out: Path,
@@ -195,7 +184,7 @@ def export_archive(
             raw.flush()
             os.fsync(raw.fileno())
         os.replace(tmp, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     except OSError as exc:
         _unlink(tmp)
         reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
@@ -422,7 +411,7 @@ def _extract(archive: Path, scan: _Scan, staging: Path) -> None:
         with open(staging / key / USAGE, "w") as fh:
             json.dump({"last_used": now, "hits": 0}, fh)
         os.chmod(staging / key / USAGE, 0o600)
-        _fsync_dir(staging / key)
+        fsync_dir(staging / key)
 
 
 def _present_and_good(cache: GraphCache, path: Path) -> bool:
@@ -466,7 +455,7 @@ def import_archive(cache: GraphCache, archive: Path) -> list[str]:
                     if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                         continue
                     raise
-                _fsync_dir(target.parent)
+                fsync_dir(target.parent)
                 imported.append(key)
     except OSError as exc:
         reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))

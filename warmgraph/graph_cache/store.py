@@ -99,7 +99,8 @@ def _check_private(path: Path, what: str) -> None:
                                  f"in it; run: chmod go-w {path}")
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (best effort: some filesystems refuse)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -277,12 +278,12 @@ class GraphCache:
                 fh.flush()
                 os.fsync(fh.fileno())
             (tmp / USAGE).write_text(json.dumps({"last_used": manifest["created"], "hits": 0}))
-            _fsync_dir(tmp)
+            fsync_dir(tmp)
             target = self._entry_dir(key.hash)
             if target.exists():  # a stale or bad entry under our lock: replace it
                 self._remove_path(target)
             os.rename(tmp, target)
-            _fsync_dir(target.parent)
+            fsync_dir(target.parent)
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
