@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from warmgraph.errors import ConfigError, WarmgraphError
-from warmgraph.models.llama import LlamaConfig, LlamaForCausalLM, canonical_dtype, dtype_name, expected_shapes
-from warmgraph.models.llama import torch_dtype as to_torch_dtype
+from warmgraph.models.config import LlamaConfig, canonical_dtype, dtype_name
+from warmgraph.models.config import torch_dtype as to_torch_dtype
+from warmgraph.models.llama import LlamaForCausalLM, expected_shapes
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer

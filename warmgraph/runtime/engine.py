@@ -135,7 +135,7 @@ class Engine:
 
     def _compile_in_workers(self, jobs: list[tuple[str, Bucket]], workers: int,
                             progress: bool) -> dict[tuple[str, Bucket], tuple[float, str]]:
-        from warmgraph.models.llama import dtype_name
+        from warmgraph.models.config import dtype_name
         from warmgraph.runtime.parallel import compile_in_workers
 
         bar = None

@@ -30,7 +30,7 @@ def _worker_compile(model_config: dict[str, Any], engine_config: Any, dtype: str
 
     import torch
 
-    from warmgraph.models.llama import LlamaConfig, torch_dtype
+    from warmgraph.models.config import LlamaConfig, torch_dtype
 
     # A spawned worker starts with default warning filters: keep its stderr to the progress bar.
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
