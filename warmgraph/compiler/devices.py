@@ -54,7 +54,30 @@ class DeviceGraphAPI(Protocol):
     def warmup_stream(self, stream: Any) -> AbstractContextManager[None]: ...
 
 
-class _PooledGraphAPI:
+class _VendorGraphAPI:
+    """The verbs every vendor module spells the same way: streams, replay, synchronize."""
+
+    _mod: Any
+
+    def new_stream(self) -> Any:
+        return self._mod.Stream()
+
+    def replay(self, graph: Any) -> None:
+        graph.replay()
+
+    def synchronize(self) -> None:
+        self._mod.synchronize()
+
+    @contextlib.contextmanager
+    def warmup_stream(self, stream: Any) -> Iterator[None]:
+        # A full synchronize rather than stream.wait_stream(current_stream()): warm-up runs
+        # once per bucket, and this works the same on every device.
+        self._mod.synchronize()
+        with self._mod.stream(stream):
+            yield
+
+
+class _PooledGraphAPI(_VendorGraphAPI):
     """Shared adapter for the torch.cuda-shaped APIs (CUDA, and torch_npu's copy of it).
 
     Subclasses set ``name`` and ``_graph_class`` (the attribute of the vendor module that
@@ -77,9 +100,6 @@ class _PooledGraphAPI:
     def graph_pool_handle(self) -> Any:
         return self._mod.graph_pool_handle()
 
-    def new_stream(self) -> Any:
-        return self._mod.Stream()
-
     def capture(self, graph: Any, pool: Any | None, stream: Any) -> AbstractContextManager[None]:
         kwargs: dict[str, Any] = {"pool": pool, "stream": stream}
         if self.capture_error_mode is not None:
@@ -87,21 +107,6 @@ class _PooledGraphAPI:
         # The vendor context manager synchronizes, enters the stream, calls capture_begin
         # with the pool, and calls capture_end on exit even when the body raised.
         return self._mod.graph(graph, **kwargs)
-
-    def replay(self, graph: Any) -> None:
-        graph.replay()
-
-    def synchronize(self) -> None:
-        self._mod.synchronize()
-
-    @contextlib.contextmanager
-    def warmup_stream(self, stream: Any) -> Iterator[None]:
-        # A full synchronize rather than stream.wait_stream(current_stream()): warm-up runs
-        # once per bucket, and this works the same on every device.
-        self._mod.synchronize()
-        with self._mod.stream(stream):
-            yield
-
 
 class CudaGraphAPI(_PooledGraphAPI):
     """CUDA graphs through ``torch.cuda`` (``CUDAGraph``, ``graph``, ``graph_pool_handle``)."""
@@ -160,7 +165,7 @@ class NpuGraphAPI(_PooledGraphAPI):
         return cls(npu)
 
 
-class HpuGraphAPI:
+class HpuGraphAPI(_VendorGraphAPI):
     """Gaudi HPU graphs through ``habana_frameworks.torch.hpu`` (``HPUGraph``, no memory pools).
 
     ``capture`` is built from ``capture_begin``/``capture_end`` inside ``hpu.stream(stream)``
@@ -197,9 +202,6 @@ class HpuGraphAPI:
     def graph_pool_handle(self) -> None:
         return None
 
-    def new_stream(self) -> Any:
-        return self._mod.Stream()
-
     @contextlib.contextmanager
     def capture(self, graph: Any, pool: Any | None, stream: Any) -> Iterator[None]:
         # ``pool`` is accepted for the common interface and ignored: HPUGraph has no pools.
@@ -214,18 +216,6 @@ class HpuGraphAPI:
                     graph.capture_end()
                 raise
             graph.capture_end()
-
-    def replay(self, graph: Any) -> None:
-        graph.replay()
-
-    def synchronize(self) -> None:
-        self._mod.synchronize()
-
-    @contextlib.contextmanager
-    def warmup_stream(self, stream: Any) -> Iterator[None]:
-        self._mod.synchronize()
-        with self._mod.stream(stream):
-            yield
 
     def wrap_module(
         self,
