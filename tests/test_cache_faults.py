@@ -337,7 +337,7 @@ def test_shared_writable_entry_is_refused_at_lookup(cache_copy: Path, target: st
         os.chmod(entry / PACKAGE, 0o660)
     _, runner = mlp_runner(cache_copy)
     with pytest.raises(CacheSecurityError, match="chmod go-w"):
-        GraphCache(cache_copy).lookup(runner.cache_key((1,)))
+        GraphCache(cache_copy).lookup(runner.builder.key((1,), runner.example_for((1,))))
     with pytest.raises(CacheSecurityError, match="chmod go-w"):
         runner.warmup()
     c = runner.counters

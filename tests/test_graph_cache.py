@@ -16,9 +16,10 @@ from fake_devices import FakeCudaModule
 
 import warmgraph
 from warmgraph.compiler.devices import CudaGraphAPI
+from warmgraph.compiler.fingerprint import MAX_HASHED_BYTES, fingerprint
 from warmgraph.compiler.registry import get_backend
 from warmgraph.errors import CacheError, CacheSecurityError
-from warmgraph.graph_cache import GraphCache, default_root, fingerprint_graph, make_key
+from warmgraph.graph_cache import GraphCache, default_root, make_key
 from warmgraph.models.toy import MLP
 
 
@@ -112,12 +113,57 @@ def test_key_factors() -> None:
 def test_graph_fingerprint_ignores_weights_but_not_architecture() -> None:
     x = (torch.randn(4, 64),)
     torch.manual_seed(0)
-    base = fingerprint_graph(MLP(), x)
+    base = fingerprint(MLP(), x)
+    assert base.persistable
     torch.manual_seed(1)
-    assert fingerprint_graph(MLP(), x) == base  # a fine-tune: other weights, same graphs
-    assert fingerprint_graph(MLP(hidden=64, inner=256), x) != base
-    assert fingerprint_graph(MLP().train(), x) != fingerprint_graph(MLP().eval(), x)
-    assert fingerprint_graph(MLP(), (torch.randn(4, 64, dtype=torch.float64),)) != base
+    assert fingerprint(MLP(), x) == base  # a fine-tune: other weights, same graphs
+    assert fingerprint(MLP(hidden=64, inner=256), x) != base
+    assert fingerprint(MLP().train(), x) != fingerprint(MLP().eval(), x)
+    assert fingerprint(MLP(), (torch.randn(4, 64, dtype=torch.float64),)) != base
+
+
+def _closing_over(seed: int) -> Any:
+    table = torch.randn(64, generator=torch.Generator().manual_seed(seed))
+    model = MLP()
+
+    def scaled(x: torch.Tensor) -> torch.Tensor:
+        return model(x) * table
+
+    return scaled
+
+
+def test_fingerprint_of_a_callable_hashes_what_it_closes_over() -> None:
+    x = (torch.randn(4, 64),)
+    torch.manual_seed(0)
+    a = fingerprint(_closing_over(1), x)
+    torch.manual_seed(0)
+    assert a.persistable and fingerprint(_closing_over(1), x) == a
+    torch.manual_seed(0)
+    assert fingerprint(_closing_over(2), x) != a  # another closed-over table: another graph
+    # The closed-over module's weights are baked into such graphs too, so they count.
+    torch.manual_seed(0)
+    one = fingerprint(_closing_over(1), x)
+    torch.manual_seed(1)
+    assert fingerprint(_closing_over(1), x) != one
+    big = torch.zeros(MAX_HASHED_BYTES // 4 + 1)
+    huge = fingerprint(lambda t: t + big, x)
+    assert not huge.persistable and "not cached" in (huge.reason or "") and "MB of tensors" in (huge.reason or "")
+
+
+def test_a_closure_never_loads_another_functions_graph(tmp_path: Path) -> None:
+    # aot bakes what a plain callable closes over into its package; a cached entry compiled
+    # for seed-1 values must not serve the same code closing over seed-2 values.
+    x = torch.randn(2, 64)
+    results = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        fn = _closing_over(seed)
+        runner = warmgraph.compile(fn, buckets=[2], example_inputs=(x,), backend="aot", cache=tmp_path)
+        runner.warmup()
+        results.append((runner.counters["cache_hits"], runner.counters["compiles"]))
+        torch.testing.assert_close(runner(x), fn(x).detach(), rtol=1e-4, atol=1e-5)
+    assert results == [(0, 1), (0, 1)]
+    assert len(GraphCache(tmp_path).entries()) == 2
 
 
 def test_corrupt_entries_are_misses_logged_once_and_removed(tmp_path: Path,

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from warmgraph._version import __version__
 from warmgraph.bucketing import BucketSet, MissPolicy
 from warmgraph.errors import WarmgraphError
 
-__version__ = "0.1.0"
 __all__ = ["BucketSet", "Dims", "GraphRunner", "MissPolicy", "WarmgraphError", "__version__", "compile"]
 
 _LAZY = {"compile", "GraphRunner", "Dims"}

@@ -11,7 +11,7 @@ import warnings
 
 import click
 
-from warmgraph import __version__
+from warmgraph._version import __version__
 from warmgraph.cli.buckets import buckets
 from warmgraph.cli.cache import cache
 from warmgraph.cli.engine import generate, warmup

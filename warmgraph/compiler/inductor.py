@@ -1,14 +1,14 @@
 """The inductor backend: ``torch.compile`` per bucket, static shapes, fullgraph.
 
-Each bucket gets its own ``torch.compile`` wrapper, compiled by one call at its exact
-shape. After that the graph is sealed: a later call that would make Dynamo compile again
-(a guard failed: another dtype, grad mode, a changed Python constant) is counted in
-``recompiles`` and logged, never silent, and then allowed to run.
+Each bucket gets its own entry point: a small function whose code object is distinct per
+bucket, so Dynamo keeps one compiled-code cache per bucket. No bucket can push another out,
+and nothing has to raise Dynamo's process-wide ``recompile_limit`` (which vLLM and other
+libraries in the same process rely on): this backend changes no global setting.
 
-Dynamo keeps compiled code per Python code object, so every bucket of one function shares
-one cache with ``recompile_limit`` entries (8 by default). With more buckets than that the
-extra ones would quietly run eagerly; the limits are raised as buckets are compiled, as
-vllm-gaudi raises ``cache_size_limit`` to the number of its buckets.
+Inductor is reached through a backend function of our own that counts its calls. Dynamo
+calls it once per (re)compile, so a recompile after warmup (a guard failed: another dtype,
+grad mode, a changed Python constant) is a number we own, ``recompiles``, not a message to
+search for. It is logged once per graph and then allowed to run.
 """
 
 from __future__ import annotations
@@ -24,36 +24,38 @@ log = logging.getLogger("warmgraph")
 
 
 class InductorGraph:
-    """One bucket's ``torch.compile`` wrapper; counts recompiles once sealed."""
+    """One bucket's compiled entry point; ``recompiles`` counts compiles after the first."""
 
-    def __init__(self, compiled: Callable[..., Any], label: str) -> None:
-        self.compiled = compiled
+    def __init__(self, label: str) -> None:
         self.label = label
+        self.compiles = 0  # Inductor invocations by Dynamo for this bucket
         self.recompiles = 0
-        self.sealed = False
+        self.compiled: Callable[..., Any] | None = None
 
     def __call__(self, *args: Any) -> Any:
-        if not self.sealed:
-            return self.compiled(*args)
-        import torch
+        assert self.compiled is not None
+        before = self.compiles
+        out = self.compiled(*args)
+        if self.compiles != before and before > 0:
+            self.recompiles += self.compiles - before
+            if self.recompiles == self.compiles - before:  # the first time only
+                log.warning("warmgraph: bucket %s recompiled after warmup (a guard failed); check dtypes, grad mode "
+                            "and Python values the function reads", self.label)
+        return out
 
-        try:
-            with torch.compiler.set_stance("fail_on_recompile"):
-                return self.compiled(*args)
-        except RuntimeError as exc:
-            if "recompile" not in str(exc):
-                raise
-        self.recompiles += 1
-        log.warning(
-            "warmgraph: bucket %s recompiled after warmup (a guard failed); "
-            "check dtypes, grad mode and inference tensors",
-            self.label,
-        )
-        return self.compiled(*args)
+
+def _entry_point(fn: Callable[..., Any], index: int) -> Callable[..., Any]:
+    """``fn`` behind a function whose code object is new, so Dynamo caches it on its own."""
+
+    def entry(*args: Any) -> Any:
+        return fn(*args)
+
+    entry.__code__ = entry.__code__.replace(co_name=f"warmgraph_bucket_{index}")
+    return entry
 
 
 class InductorBackend:
-    """``torch.compile(fn, fullgraph=True, dynamic=False)`` per bucket."""
+    """``torch.compile(..., fullgraph=True, dynamic=False)`` per bucket, through a counting backend."""
 
     name = "inductor"
     can_persist = False  # torch's own cache artifacts skip Inductor but not Dynamo tracing
@@ -62,24 +64,29 @@ class InductorBackend:
     def __init__(self, mode: str | None = None, options: dict[str, Any] | None = None) -> None:
         self.mode = mode
         self.options = dict(options or {})
-        self._compiled = 0
+        self._count = 0
+
+    def _config_patches(self) -> dict[str, Any]:
+        import torch
+
+        patches = dict(torch._inductor.list_mode_options(self.mode, dynamic=False)) if self.mode else {}
+        return {**patches, **self.options}
 
     def compile(self, fn: Callable[..., Any], example_inputs: Sequence[Any]) -> CompiledGraph:
         import torch
+        from torch._inductor.compile_fx import compile_fx
 
-        self._compiled += 1
-        dyn = torch._dynamo.config
-        dyn.recompile_limit = max(dyn.recompile_limit, self._compiled + 8)
-        dyn.accumulated_recompile_limit = max(dyn.accumulated_recompile_limit, 8 * (self._compiled + 8))
-        kwargs: dict[str, Any] = {"fullgraph": True, "dynamic": False}
-        if self.mode is not None:
-            kwargs["mode"] = self.mode
-        if self.options:
-            kwargs["options"] = self.options
-        graph = InductorGraph(torch.compile(fn, **kwargs), label=_shapes(example_inputs))
+        self._count += 1
+        graph = InductorGraph(label=_shapes(example_inputs))
+        patches = self._config_patches() or None
+
+        def backend(gm: torch.fx.GraphModule, inputs: list[Any]) -> Callable[..., Any]:
+            graph.compiles += 1
+            return compile_fx(gm, inputs, config_patches=patches)
+
+        graph.compiled = torch.compile(_entry_point(fn, self._count), backend=backend, fullgraph=True, dynamic=False)
         with torch.no_grad():
             graph(*example_inputs)  # compiles now, at warmup, not at the first real call
-        graph.sealed = True
         return graph
 
     def save(self, graph: CompiledGraph, directory: Path) -> list[str]:

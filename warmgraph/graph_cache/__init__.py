@@ -3,7 +3,7 @@
 ``graph_cache`` stores bytes and files; it does not know how a backend serializes.
 """
 
-from warmgraph.graph_cache.key import CacheKey, fingerprint_graph, make_key
+from warmgraph.graph_cache.key import CacheKey, make_key
 from warmgraph.graph_cache.store import Entry, GraphCache, default_root
 
-__all__ = ["CacheKey", "Entry", "GraphCache", "default_root", "fingerprint_graph", "make_key"]
+__all__ = ["CacheKey", "Entry", "GraphCache", "default_root", "make_key"]

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from warmgraph._version import __version__
 from warmgraph.errors import CacheError, CacheSecurityError, CacheWriteError
 from warmgraph.graph_cache.key import FORMAT_VERSION
 from warmgraph.graph_cache.store import MANIFEST, USAGE, Entry, GraphCache, fsync_dir
@@ -166,8 +167,6 @@ def export_archive(
     """
     out = Path(out)
     chosen = select_entries(cache, graph_name=graph_name, fingerprint=fingerprint, backend=backend, keys=keys)
-    from warmgraph import __version__
-
     index = {"format": ARCHIVE_FORMAT, "cache_format": FORMAT_VERSION, "warmgraph": __version__,
              "created": time.time(), "platform": f"{platform.system()}-{platform.machine()}",
              "keys": [e.key for e in chosen]}

@@ -5,6 +5,7 @@ from __future__ import annotations
 KEYS = (
     "compiles",  # graphs built without help from the graph cache (compiled, or captured from scratch)
     "captures",  # device graphs captured (capture backends re-capture at every start)
+    "late_builds",  # buckets built after warmup sealed the runner (only the 'compile' miss policy does)
     "replays",  # calls served by a compiled graph
     "eager_fallbacks",  # calls no bucket covered, run uncompiled (miss policy eager)
     "recompiles",  # compiles a graph needed after warmup (inductor guard failures)

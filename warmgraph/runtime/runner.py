@@ -1,15 +1,20 @@
-"""GraphRunner: pad each call to its bucket, run that bucket's graph, slice the outputs back.
+"""GraphRunner: the dispatcher. Each call: look up its bucket, pad, run that bucket's graph, slice back.
 
-The dispatcher is the one place that decides: the real shape of a call comes from the
-declared bucketed dimensions, ``BucketSet.lookup`` picks the bucket with the least padded
-work, and the miss policy handles the rest (``eager`` runs the original function and
-counts it, ``compile`` compiles the derived bucket and keeps it, ``error`` raises).
+The runner decides and counts; it builds nothing itself. The real shape of a call comes
+from the declared bucketed dimensions (``dims.py``), ``BucketSet.lookup`` picks the bucket
+with the least padded work, and the miss policy handles the rest: ``eager`` runs the
+original function and counts it, ``compile`` builds the new bucket and keeps it, ``error``
+raises. Graphs come from the ``GraphBuilder`` (compile or cache load, then capture);
+capture backends read their inputs from ``StaticBuffers``.
 
-Capture backends read their inputs from static buffers allocated once per bucket: each
-call copies its tensors into the front of them and fills the padding with the declared
-fill values; the buffers never move after capture. Other backends get a freshly padded
-tensor (one ``constant_pad_nd``), or the caller's own tensor when it already has the
-bucket's shape.
+Each bucket goes through a lifecycle::
+
+    unseen ──build──> built ──capture──> captured     (capture backends)
+       warmup() ends: every built bucket is sealed
+
+After the seal, a call that needs a bucket which is not built applies the miss policy: only
+``compile`` builds (and captures) it then, counted in ``late_builds``; ``eager`` runs
+eagerly; ``error`` raises. Before any warmup, a call builds its bucket on first use.
 
 Example::
 
@@ -24,6 +29,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Sequence
+from enum import Enum
 from typing import Any
 
 import torch
@@ -31,9 +37,10 @@ import torch
 from warmgraph.bucketing.buckets import Bucket, BucketSet, MissPolicy, work
 from warmgraph.compiler.base import Backend, CompiledGraph
 from warmgraph.compiler.registry import get_backend
-from warmgraph.errors import CacheSecurityError, CacheWriteError, ConfigError
-from warmgraph.graph_cache.key import CacheKey, device_info, fingerprint_graph, make_key
+from warmgraph.errors import BucketMissError, ConfigError
 from warmgraph.graph_cache.store import GraphCache
+from warmgraph.runtime.buffers import StaticBuffers
+from warmgraph.runtime.builder import BuildResult, GraphBuilder
 from warmgraph.runtime.counters import Counters
 from warmgraph.runtime.dims import Dims, Layout, real_shape, resolve_layout
 from warmgraph.runtime.report import BucketWarmup, WarmupReport
@@ -41,7 +48,17 @@ from warmgraph.runtime.report import BucketWarmup, WarmupReport
 log = logging.getLogger("warmgraph")
 
 
-def _graph_cache(cache: bool | str | os.PathLike[str] | GraphCache | None) -> GraphCache | None:
+class State(str, Enum):
+    """Where a bucket is in its lifecycle."""
+
+    UNSEEN = "unseen"
+    BUILT = "built"
+    CAPTURED = "captured"
+    SEALED = "sealed"
+
+
+def graph_cache(cache: bool | str | os.PathLike[str] | GraphCache | None) -> GraphCache | None:
+    """``cache=`` as a GraphCache: True for the default root, a directory, a GraphCache, or None/False."""
     if cache is None or cache is False:
         return None
     if cache is True:
@@ -63,7 +80,7 @@ def _bucket_set(buckets: BucketSet | Sequence[int] | Sequence[Sequence[int]]) ->
 
 
 class GraphRunner:
-    """One compiled graph per bucket behind a single callable. See the module docstring."""
+    """One graph per bucket behind a single callable. See the module docstring."""
 
     def __init__(
         self,
@@ -89,12 +106,16 @@ class GraphRunner:
         self.miss_policy = MissPolicy.parse(miss_policy)
         self.copy_outputs = copy_outputs
         self._counters = Counters()
+        self.builder = GraphBuilder(fn, self.backend, graph_cache(cache), self._counters)
+        self.buffers = StaticBuffers(self.layout, self.buckets) if self.backend.captures else None
         self._graphs: dict[Bucket, CompiledGraph] = {}
-        self._static: dict[Bucket, list[Any]] = {}
+        self.states: dict[Bucket, State] = dict.fromkeys(self.buckets, State.UNSEEN)
+        self.sealed = False
         self._warned: set[tuple[int, ...]] = set()
-        self._cache_warned: set[str] = set()
-        self.cache = _graph_cache(cache)
-        self._key_parts: dict[str, Any] | None = None
+
+    @property
+    def cache(self) -> GraphCache | None:
+        return self.builder.cache
 
     @property
     def counters(self) -> Counters:
@@ -105,10 +126,14 @@ class GraphRunner:
     # -- warmup ------------------------------------------------------------------------------
 
     def example_for(self, bucket: Bucket) -> list[Any]:
-        """Arguments of ``bucket``'s shape, filled with each argument's fill value."""
+        """The arguments ``bucket`` is built with: its static buffers for a capture backend, else
+        fresh tensors of its shape filled with each argument's fill value (bound and constant
+        arguments as given in ``example_inputs``)."""
+        if self.buffers is not None:
+            return self.buffers.for_bucket(bucket)
         out: list[Any] = []
         for spec in self.layout.args:
-            if not spec.is_tensor:
+            if spec.kind in ("bound", "constant"):
                 out.append(spec.value)
                 continue
             shape = list(spec.shape)
@@ -117,131 +142,32 @@ class GraphRunner:
             out.append(torch.full(shape, spec.fill, dtype=spec.dtype, device=spec.device))
         return out
 
-    def _compile(self, bucket: Bucket) -> tuple[float, str]:
-        """Build ``bucket``'s graph: from the cache when it has it, else compiled (and stored).
-
-        Returns the seconds it took and ``"loaded"`` or ``"compiled"``.
-        """
-        t0 = time.perf_counter()
-        with torch.no_grad():  # capture records no autograd state: serving never needs it
-            example = self.example_for(bucket)
-            persist = self._persistent_backend()
-            if persist is None:
-                graph, source = self.backend.compile(self.fn, example), "compiled"
-            else:
-                graph, source = self._cached_build(bucket, example, persist)
-                if self.backend.captures:
-                    graph = self.backend.capture(graph, example, self.fn)  # type: ignore[attr-defined]
-        self._graphs[bucket] = graph
-        if self.backend.captures:
-            self._static[bucket] = example  # the capture reads these exact tensors from now on
-            self._counters["captures"] += 1
-        if source == "compiled":
-            self._counters["compiles"] += 1
-        return time.perf_counter() - t0, source
-
     @property
     def persists(self) -> bool:
         """Whether warmup stores graphs in (and loads them from) a graph cache."""
-        return self._persistent_backend() is not None
+        return self.builder.persistent_backend is not None and self.builder.fingerprint().persistable
 
     def missing_from_cache(self) -> list[Bucket]:
         """Buckets the graph cache cannot serve yet (all of them without a persisting cache)."""
-        if self._persistent_backend() is None:
-            return list(self.buckets)
-        assert self.cache is not None
-        return [b for b in self.buckets if b not in self._graphs and self.cache.lookup(self.cache_key(b)) is None]
+        return [b for b in self.buckets if b not in self._graphs and not self.builder.cached(b, self.example_for(b))]
 
-    def _persistent_backend(self) -> Backend | None:
-        """The backend whose graphs the cache keeps: this one, or a capture backend's inner one."""
-        if self.cache is None:
-            return None
-        if self.backend.can_persist:
-            return self.backend
-        inner = getattr(self.backend, "inner", None)
-        return inner if self.backend.captures and inner is not None and inner.can_persist else None
-
-    def cache_key(self, bucket: Bucket, example: Sequence[Any] | None = None,
-                  persist: Backend | None = None) -> CacheKey:
-        """The graph cache key of ``bucket`` (computed once per runner, then per bucket)."""
-        example = self.example_for(bucket) if example is None else example
-        persist = persist or self._persistent_backend() or self.backend
-        if self._key_parts is None:
-            device = next((a.device.type for a in example if isinstance(a, torch.Tensor)), "cpu")
-            self._key_parts = {"graph": fingerprint_graph(self.fn, example), "device": device_info(device),
-                               "backend": persist.fingerprint()}
-        graph = {**self._key_parts["graph"], "inputs": fingerprint_graph(lambda: None, example)["inputs"]}
-        return make_key(graph=graph, bucket=bucket, backend=self._key_parts["backend"],
-                        device=self._key_parts["device"])
-
-    def _cached_build(self, bucket: Bucket, example: list[Any], persist: Backend) -> tuple[CompiledGraph, str]:
-        """Load ``bucket`` from the cache, or compile it once across processes and store it.
-
-        A cache that cannot be used (no space, read-only, cannot be created) costs the cache,
-        never the run: the graph is compiled and kept in memory. An unsafe cache (wrong owner
-        or permissions) is refused loudly instead: CacheSecurityError is not caught.
-        """
-        assert self.cache is not None
-        key = self.cache_key(bucket, example, persist)
-        try:
-            graph = self._load(key, persist, example)
-            if graph is not None:
-                return graph, "loaded"
-            with self.cache.lock(key.hash):
-                graph = self._load(key, persist, example)  # another process may have written it meanwhile
-                if graph is not None:
-                    return graph, "loaded"
-                return self._compile_and_store(key, persist, example), "compiled"
-        except CacheSecurityError:
-            raise
-        except CacheWriteError as exc:
-            self._warn_cache(exc)
-            self._counters["cache_misses"] += 1
-            return persist.compile(self.fn, example), "compiled"
-
-    def _compile_and_store(self, key: CacheKey, persist: Backend, example: list[Any]) -> CompiledGraph:
-        assert self.cache is not None
-        self._counters["cache_misses"] += 1
-        t0 = time.perf_counter()
-        graph = persist.compile(self.fn, example)
-        seconds = time.perf_counter() - t0
-        try:
-            self.cache.store(key, lambda d: persist.save(graph, d), seconds)
-            self._counters["cache_writes"] += 1
-        except CacheWriteError as exc:
-            self._warn_cache(exc)
-        return graph
-
-    def _warn_cache(self, exc: Exception) -> None:
-        if "write" not in self._cache_warned:
-            self._cache_warned.add("write")
-            log.warning("warmgraph: %s; continuing with in-memory graphs", exc)
-
-    def _load(self, key: CacheKey, persist: Backend, example: list[Any]) -> CompiledGraph | None:
-        assert self.cache is not None
-        entry = self.cache.lookup(key)
-        if entry is None:
-            return None
-        try:
-            graph = persist.load(entry.path, self.fn, example)
-        except Exception as exc:  # a verified entry that still fails to load: recompile, never crash
-            log.warning("warmgraph: cache entry %s did not load (%s); compiling it again", key.hash[:12], exc)
-            self.cache.remove(entry)
-            return None
-        self._counters["cache_hits"] += 1
-        self._counters["bytes_loaded"] += entry.size
-        self.cache.touch(entry)
-        return graph
+    def _build(self, bucket: Bucket) -> BuildResult:
+        result = self.builder.build(bucket, self.example_for(bucket))
+        self._graphs[bucket] = result.graph
+        self.states[bucket] = State.CAPTURED if result.captured else State.BUILT
+        if result.captured:
+            self._counters["captures"] += 1
+        return result
 
     def warmup(self, progress: bool = False, only: Sequence[Bucket] | None = None) -> WarmupReport:
-        """Compile every bucket (or ``only`` these), largest padded work first; report each.
+        """Build every bucket (or ``only`` these), largest padded work first; report each; seal.
 
-        Largest first so capture backends size their shared memory pool once. Buckets
-        already compiled are reported as ``ready``.
+        Largest first so capture backends size their shared memory pool once. Buckets already
+        built are reported as ``ready``. After this, buckets are sealed (see the module docstring).
         """
         chosen = self.buckets if only is None else [tuple(b) for b in only]
         order = sorted(chosen, key=lambda b: (work(b), b), reverse=True)
-        report = WarmupReport(self.backend.name)
+        report = WarmupReport(self.backend.name, buffer_bytes=self.buffers.nbytes if self.buffers else 0)
         start = time.perf_counter()
         bar = None
         if progress:
@@ -252,17 +178,25 @@ class GraphRunner:
             if bucket in self._graphs:
                 report.entries.append(BucketWarmup(bucket, 0.0, "ready"))
             else:
-                seconds, source = self._compile(bucket)
-                report.entries.append(BucketWarmup(bucket, seconds, source))
+                r = self._build(bucket)
+                report.entries.append(BucketWarmup(bucket, r.seconds, r.source, r.captured, r.capture_seconds,
+                                                   r.graph_bytes, r.device_bytes))
             if bar is not None:
                 last = report.entries[-1]
                 hit = {"loaded": "hit", "compiled": "miss"}.get(last.source, last.source)
-                bar.set_postfix_str(f"{bucket} {hit} {last.seconds:.1f}s")
+                bar.set_postfix_str(f"{bucket} {hit} {last.seconds + last.capture_seconds:.1f}s")
                 bar.update()
         if bar is not None:
             bar.close()
         report.seconds = time.perf_counter() - start
+        self.seal()
         return report
+
+    def seal(self) -> None:
+        """End warmup: built buckets are sealed; later builds need the 'compile' miss policy."""
+        self.sealed = True
+        for bucket in self._graphs:
+            self.states[bucket] = State.SEALED
 
     # -- a call ------------------------------------------------------------------------------
 
@@ -278,35 +212,53 @@ class GraphRunner:
                 return self._eager(shape, args)
             graph = self._graphs.get(bucket)
             if graph is None:
-                graph = self._late_compile(bucket)
-            if self.backend.captures:
-                inputs = self._fill_static(bucket, shape, args)
+                graph = self._late(bucket, shape)
+                if graph is None:
+                    return self._eager(shape, args, bucket)
+            if self.buffers is not None:
+                inputs, padded = self.buffers.fill(bucket, shape, args)
+                self._counters["padded_elements"] += padded
             elif shape == bucket:
                 inputs = args
             else:
                 inputs = self._padded(bucket, shape, args)
             out = graph(*inputs)
             self._counters["replays"] += 1
-            if shape == bucket and not self.backend.captures:
+            if shape == bucket and self.buffers is None:
                 return out
             return self._slice(out, shape, bucket)
         finally:
             torch._C._set_grad_enabled(grad)
 
-    def _eager(self, shape: tuple[int, ...], args: Sequence[Any]) -> Any:
+    def _eager(self, shape: tuple[int, ...], args: Sequence[Any], bucket: Bucket | None = None) -> Any:
         self._counters["eager_fallbacks"] += 1
         if shape not in self._warned:
             self._warned.add(shape)
-            log.warning("warmgraph: shape %s fits no bucket (largest %s); running eagerly", shape, self.buckets.largest)
+            if bucket is None:
+                log.warning("warmgraph: shape %s fits no bucket (largest %s); running eagerly", shape,
+                            self.buckets.largest)
+            else:
+                log.warning("warmgraph: shape %s needs bucket %s, which warmup did not build; running eagerly",
+                            shape, bucket)
         return self.fn(*args)
 
-    def _late_compile(self, bucket: Bucket) -> CompiledGraph:
-        """A bucket that lookup returned but warmup did not compile: a planned bucket before
-        warmup, or a new one from the ``compile`` miss policy."""
+    def _late(self, bucket: Bucket, shape: tuple[int, ...]) -> CompiledGraph | None:
+        """A bucket that has no graph: built now before the seal; after it, per the miss policy
+        (None: run eagerly)."""
+        if self.sealed:
+            if self.miss_policy is MissPolicy.EAGER:
+                return None
+            if self.miss_policy is MissPolicy.ERROR:
+                raise BucketMissError(f"shape {shape} needs bucket {bucket}, which warmup did not build; warm it up "
+                                      "or use miss policy 'compile'")
+            self._counters["late_builds"] += 1
+            log.warning("warmgraph: building bucket %s after warmup (miss policy 'compile')", bucket)
         if bucket not in self.buckets:
             self.buckets = self.buckets.with_buckets(bucket)
-            log.warning("warmgraph: compiling new bucket %s after warmup (miss policy 'compile')", bucket)
-        self._compile(bucket)
+            self.states[bucket] = State.UNSEEN
+        self._build(bucket)
+        if self.sealed:
+            self.states[bucket] = State.SEALED
         return self._graphs[bucket]
 
     def _padded(self, bucket: Bucket, shape: tuple[int, ...], args: Sequence[Any]) -> list[Any]:
@@ -328,26 +280,6 @@ class GraphRunner:
                 out[spec.index] = padded
         return out
 
-    def _fill_static(self, bucket: Bucket, shape: tuple[int, ...], args: Sequence[Any]) -> list[Any]:
-        static = self._static[bucket]
-        for spec in self.layout.args:
-            if not spec.is_tensor:
-                continue
-            arg, buf = args[spec.index], static[spec.index]
-            if not spec.bucketed:
-                buf.copy_(arg)
-                continue
-            region = buf
-            for d, axis in spec.bucketed:
-                region = region.narrow(d, 0, shape[axis])
-            region.copy_(arg)
-            for d, axis in spec.bucketed:
-                extra = bucket[axis] - shape[axis]
-                if extra:
-                    buf.narrow(d, shape[axis], extra).fill_(spec.fill)
-            self._counters["padded_elements"] += buf.numel() - arg.numel()
-        return static
-
     def _slice(self, out: Any, shape: tuple[int, ...], bucket: Bucket) -> Any:
         maps = self.layout.outputs
         if isinstance(out, (tuple, list)):
@@ -365,8 +297,9 @@ class GraphRunner:
         for d, axis in spec:
             if shape[axis] != bucket[axis]:
                 t = t.narrow(d, 0, shape[axis])
-        # Captured outputs live in static memory that the next replay overwrites.
-        return t.clone() if self.backend.captures and self.copy_outputs else t
+        # Captured outputs live in static memory that later replays overwrite: the next replay
+        # of this bucket, and with a shared memory pool a replay of any earlier-captured bucket.
+        return t.clone() if self.buffers is not None and self.copy_outputs else t
 
 
 def compile(
@@ -384,12 +317,13 @@ def compile(
     """A GraphRunner for ``fn`` over ``buckets``; call ``warmup()`` before serving.
 
     ``example_inputs`` is one call's arguments at any size: it gives dtypes, devices and the
-    sizes of dimensions that are not bucketed. ``backend``: ``auto`` (best for the device),
-    ``eager``, ``inductor``, ``aot``, ``cuda_graph``, ``acl_graph``, ``hpu_graph`` or a
-    Backend instance. ``copy_outputs=False`` returns captured outputs as views of static
-    memory that the next call of that bucket overwrites. ``cache``: True for the default
-    graph cache root, a directory, or a GraphCache; warmup then loads what it holds and
-    stores what it compiles (None: no cache).
+    sizes of dimensions that are not bucketed; a bound argument (``Dims`` ``BOUND``) is the
+    state tensor itself. ``backend``: ``auto`` (best for the device), ``eager``, ``inductor``,
+    ``aot``, ``cuda_graph``, ``acl_graph``, ``hpu_graph`` or a Backend instance.
+    ``copy_outputs=False`` returns captured outputs as views of static memory, valid until the
+    next replay of that bucket or, with the shared memory pool, of any bucket captured before
+    it. ``cache``: True for the default graph cache root, a directory, or a GraphCache; warmup
+    then loads what it holds and stores what it compiles (None: no cache).
     """
     return GraphRunner(fn, buckets, example_inputs, backend, device=device, dims=dims, miss_policy=miss_policy,
                        copy_outputs=copy_outputs, cache=cache)
