@@ -235,7 +235,7 @@ class _Walker:
             return [self.value(v, depth + 1) for v in value]
         if isinstance(value, dict) and all(isinstance(k, (str, int)) for k in value):
             return {str(k): self.value(v, depth + 1) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
-        if isinstance(value, (types.FunctionType, types.MethodType)) or (callable(value) and hasattr(value, "__code__")):
+        if isinstance(value, (types.FunctionType, types.MethodType)) or hasattr(value, "__code__"):
             return self.function(value, depth + 1)
         if hasattr(value, "__dict__") and not isinstance(value, type):
             # A plain object (a config): its attributes are what the code can read.
