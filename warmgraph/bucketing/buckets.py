@@ -26,6 +26,7 @@ from enum import Enum
 
 import numpy as np
 
+from warmgraph.bucketing.limits import MAX_BUCKET_VALUE
 from warmgraph.errors import BucketMissError, ConfigError
 
 Bucket = tuple[int, ...]
@@ -93,6 +94,8 @@ def _as_bucket(value: int | Sequence[int], ndim: int | None, what: str) -> Bucke
             raise ConfigError(f"{what} {value!r} has a non-integer value {v!r}; buckets are tuples of ints")
         if v < 0:
             raise ConfigError(f"{what} {value!r} has a negative value {v}; sizes must be >= 0")
+        if v > MAX_BUCKET_VALUE:
+            raise ConfigError(f"{what} {value!r} has a value {v} above 2**53; sizes must be at most {MAX_BUCKET_VALUE}")
         out.append(int(v))
     if not out:
         raise ConfigError(f"{what} {value!r} is empty; give at least one dimension")

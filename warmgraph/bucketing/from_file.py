@@ -14,12 +14,17 @@ warmgraph YAML (what ``warmgraph buckets fit --out`` writes)::
     meta: {strategy: fitted, trace: conv.csv, ...}   # free-form, for people
 
 A YAML file may instead hold ``prompt:`` and ``decode:`` lists of 3-lists, for plans.
+
+A file may expand to at most ``limits.MAX_PLAN_BUCKETS`` buckets in all (one line such as
+``(range(1000), range(1000), range(1000))`` would otherwise ask for a billion); the count
+is checked before a line is expanded.
 """
 
 from __future__ import annotations
 
 import ast
 import itertools
+import math
 import os
 import re
 import tempfile
@@ -30,6 +35,7 @@ from typing import Any
 import yaml
 
 from warmgraph.bucketing.buckets import BucketSet
+from warmgraph.bucketing.limits import MAX_PLAN_BUCKETS, TooManyBucketsError
 from warmgraph.errors import BucketFileError
 
 FORMAT = "warmgraph-buckets/1"
@@ -44,10 +50,14 @@ def _expand_range(match: re.Match[str], where: str) -> str:
         raise BucketFileError(f"{where}: {match.group(0)} needs integer arguments") from None
     if not 1 <= len(args) <= 3 or (len(args) == 3 and args[2] == 0):
         raise BucketFileError(f"{where}: {match.group(0)} must be range(stop), range(start, stop[, step != 0])")
-    values = list(range(*args))
-    if len(values) > _MAX_RANGE:
-        raise BucketFileError(f"{where}: {match.group(0)} expands to {len(values)} values; at most {_MAX_RANGE}")
-    return repr(values)
+    values = range(*args)
+    try:
+        count = len(values)
+    except OverflowError:  # more values than a list can hold
+        count = (values.stop - values.start) // values.step
+    if count > _MAX_RANGE:
+        raise BucketFileError(f"{where}: {match.group(0)} expands to {count} values; at most {_MAX_RANGE}")
+    return repr(list(values))
 
 
 def parse_gaudi_text(text: str, source: str = "<text>") -> list[tuple[int, ...]]:
@@ -73,6 +83,13 @@ def parse_gaudi_text(text: str, source: str = "<text>") -> list[tuple[int, ...]]
             if not items or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in items):
                 raise BucketFileError(f"{where}: {line!r} has an element that is not an int >= 0 or a list of them")
             axes.append(items)
+        count = math.prod(len(a) for a in axes)
+        if len(out) + count > MAX_PLAN_BUCKETS:
+            raise TooManyBucketsError(
+                f"{where}: {line!r} expands to {count:,} buckets ({len(out) + count:,} so far in the file), above "
+                f"the cap of {MAX_PLAN_BUCKETS:,} per file; use fewer or shorter lists and ranges",
+                len(out) + count, MAX_PLAN_BUCKETS,
+            )
         out.extend(itertools.product(*axes))
     if not out:
         raise BucketFileError(f"{source}: no buckets found; add lines such as (1, 128, 0)")
@@ -88,8 +105,12 @@ def split_phases(buckets: Sequence[tuple[int, ...]]) -> tuple[list[tuple[int, ..
 
 def _read_text(path: str | os.PathLike[str]) -> str:
     p = Path(path)
-    if not p.is_file():
+    if p.is_dir():
+        raise BucketFileError(f"bucket file {p} is a directory; give the path of a bucket file (.txt or .yaml)")
+    if not p.exists():
         raise BucketFileError(f"bucket file {p} does not exist; check the path")
+    if not p.is_file():
+        raise BucketFileError(f"bucket file {p} is not a regular file; give the path of a bucket file")
     try:
         return p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -10,6 +10,12 @@ Environment variables a Gaudi user already sets are honoured (``EnvReader`` reco
 of them changed the plan, and which were set but have no effect with the chosen strategy).
 Sources: vllm-gaudi ``extension/bucketing/{common,exponential,linear,padding_aware}.py`` at
 HEAD, summarised with published examples in ``shared/docs/upstream/vllm-gaudi.md`` §1.
+
+Unlike vllm-gaudi, a plan is refused up front when a dimension's range would exceed
+``limits.MAX_RANGE_VALUES`` values or a phase's ranges would cross to more than
+``limits.MAX_PLAN_BUCKETS`` candidate buckets (a linear plan for ``max_model_len=10**8``
+would otherwise run for minutes); the error names the range, the count, the cap and the
+setting to change. Plans within the caps are exactly vllm-gaudi's.
 """
 
 from __future__ import annotations
@@ -24,11 +30,15 @@ from warmgraph.bucketing.buckets import Bucket, BucketSet
 from warmgraph.bucketing.env import EnvReader
 from warmgraph.bucketing.exponential import exponential_range
 from warmgraph.bucketing.from_file import load_phases
+from warmgraph.bucketing.limits import MAX_BUCKET_VALUE, MAX_PLAN_BUCKETS, TooManyBucketsError, check_count
 from warmgraph.bucketing.linear import linear_range
 from warmgraph.bucketing.padding_aware import padding_aware_range
-from warmgraph.errors import ConfigError
+from warmgraph.bucketing.strategies import RANGE_STRATEGIES
+from warmgraph.errors import BucketFileError, ConfigError
 
-STRATEGIES = ("exponential", "linear", "padding_aware", "file")
+# Strategies of a serving plan: vllm-gaudi's three ranges, or a bucket file. The CLI's
+# --strategy choices (buckets plan, warmup) come from here.
+STRATEGIES = (*RANGE_STRATEGIES, "file")
 LONG_CTX_THRESHOLD = 8192  # vllm-gaudi: max_model_len from which long-context rules apply
 PROMPT_DIMS = ("batch", "query_len", "ctx_blocks")
 DECODE_DIMS = ("batch", "query_len", "blocks")
@@ -55,9 +65,11 @@ class ServingConfig:
             value = getattr(self, f.name)
             if f.name == "contiguous_pa" or (f.name == "max_num_prefill_seqs" and value is None):
                 continue
+            flag = "--" + f.name.replace("_", "-")
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                flag = "--" + f.name.replace("_", "-")
                 raise ConfigError(f"{f.name} is {value!r}; {flag} must be a positive integer")
+            if value > MAX_BUCKET_VALUE:
+                raise ConfigError(f"{f.name} is {value}; {flag} must be at most 2**53 ({MAX_BUCKET_VALUE})")
         if self.max_num_batched_tokens < self.block_size:
             raise ConfigError(
                 f"max_num_batched_tokens {self.max_num_batched_tokens} is below block_size {self.block_size}; "
@@ -184,16 +196,60 @@ def _clamp_decode_blocks(blocks: list[int], c: ServingConfig) -> None:
         blocks[0] = max(1, c.num_blocks - blocks[1])
 
 
-def _ranges(strategy: str, cfgs: dict[str, list[int]], c: ServingConfig) -> list[list[int]]:
+# What sets each plan dimension: the serving flag that bounds it and the vllm-gaudi name
+# (VLLM_{PHASE}_{NAME}_BUCKET_*) of its range variables.
+_DIM_SOURCES = {
+    ("prompt", "batch"): ("--max-num-prefill-seqs", "BS"),
+    ("prompt", "query_len"): ("--max-num-batched-tokens", "QUERY"),
+    ("prompt", "ctx_blocks"): ("--max-model-len", "CTX"),
+    ("decode", "batch"): ("--max-num-seqs", "BS"),
+    ("decode", "blocks"): ("--max-model-len or --max-num-seqs", "BLOCK"),
+}
+
+
+def _range_fix(strategy: str, phase: str, dims: list[str]) -> str:
+    """What to change when ``dims`` of ``phase`` make too many buckets."""
+    flags = [_DIM_SOURCES[(phase, d)][0] for d in dims if (phase, d) in _DIM_SOURCES]
+    fix = f"lower {' or '.join(dict.fromkeys(flags))}" if flags else "lower the serving limits"
+    if strategy == "linear":
+        names = [f"VLLM_{phase.upper()}_{_DIM_SOURCES[(phase, d)][1]}_BUCKET_STEP" for d in dims
+                 if (phase, d) in _DIM_SOURCES]
+        fix += f", raise {' or '.join(names)}" if names else ""
+    elif strategy == "padding_aware":
+        fix += f", raise VLLM_{phase.upper()}_*_BUCKET_PAD_PERCENT"
+    if strategy != "exponential":
+        fix += ", or use --strategy exponential"
+    return fix
+
+
+def _ranges(strategy: str, phase: str, cfgs: dict[str, list[int]], c: ServingConfig) -> list[list[int]]:
     out = []
-    for cfg in cfgs.values():
-        if strategy == "exponential":
-            out.append(exponential_range(*cfg, contiguous_pa=c.contiguous_pa))
-        elif strategy == "linear":
-            out.append(linear_range(*cfg))
-        else:
-            out.append(padding_aware_range(*cfg))
+    for dim, cfg in cfgs.items():
+        try:
+            if strategy == "exponential":
+                out.append(exponential_range(*cfg, contiguous_pa=c.contiguous_pa))
+            elif strategy == "linear":
+                out.append(linear_range(*cfg))
+            else:
+                out.append(padding_aware_range(*cfg))
+        except TooManyBucketsError as exc:
+            raise TooManyBucketsError(
+                f"{strategy} plan: the {phase} {dim} range {cfg} would make {exc.count:,} bucket values, above the "
+                f"cap of {exc.cap:,} per dimension; {_range_fix(strategy, phase, [dim])}",
+                exc.count, exc.cap,
+            ) from None
+        except ConfigError as exc:
+            raise ConfigError(f"{strategy} plan, {phase} {dim} range {cfg}: {exc}") from None
     return out
+
+
+def _check_crossed(strategy: str, phase: str, dims: tuple[str, ...], ranges: list[list[int]]) -> None:
+    """Refuse to cross ranges into more than MAX_PLAN_BUCKETS candidates (checked before crossing)."""
+    sizes = [len(r) for r in ranges]
+    product = " x ".join(f"{n:,} {d}" for n, d in zip(sizes, dims))
+    biggest = [d for n, d in sorted(zip(sizes, dims), reverse=True) if n > 1][:2]
+    check_count(f"{strategy} plan: the {phase} ranges ({product})", math.prod(sizes), MAX_PLAN_BUCKETS,
+                f"{_range_fix(strategy, phase, biggest)}", noun=f"candidate {phase} buckets", per=" per phase")
 
 
 _CFGS = {"exponential": _exponential_cfgs, "linear": _linear_cfgs, "padding_aware": _padding_aware_cfgs}
@@ -295,6 +351,7 @@ def plan_buckets(
     ``env`` defaults to ``os.environ``; pass ``{}`` for a plan that ignores the environment.
     """
     reader = EnvReader(os.environ if env is None else env)
+    strategy_arg = strategy
     strategy, bucket_file = resolve_strategy(strategy, bucket_file, reader)
     changes: dict[str, Any] = {}
     if config.max_num_prefill_seqs is None:
@@ -307,7 +364,12 @@ def plan_buckets(
         config = replace(config, **changes)
     if strategy == "file":
         assert bucket_file is not None
-        file_prompt, file_decode = load_phases(bucket_file)
+        try:
+            file_prompt, file_decode = load_phases(bucket_file)
+        except BucketFileError as exc:
+            if reader.applied.get("VLLM_BUCKETING_FROM_FILE") == bucket_file and strategy_arg is None:
+                raise BucketFileError(f"VLLM_BUCKETING_FROM_FILE: {exc}") from None
+            raise
         prompt = {b for b in (_finish(x, config, True) for x in file_prompt) if b is not None}
         decode = {b for b in (_finish(x, config, False) for x in file_decode) if b is not None}
         prompt_cfg: dict[str, list[int]] = {}
@@ -317,10 +379,13 @@ def plan_buckets(
         prompt_cfg = make(config, reader, True)
         decode_cfg = make(config, reader, False)
         ctx_max = reader.int("VLLM_PROMPT_CTX_BUCKET_MAX", None) if strategy == "exponential" else None
-        prompt = _cross(_ranges(strategy, prompt_cfg, config), config, True, ctx_max)
-        decode_ranges = _ranges(strategy, decode_cfg, config)
+        prompt_ranges = _ranges(strategy, "prompt", prompt_cfg, config)
+        decode_ranges = _ranges(strategy, "decode", decode_cfg, config)
         if config.contiguous_pa and decode_ranges[2][-1] < config.num_blocks:
             decode_ranges[2].append(config.num_blocks)
+        _check_crossed(strategy, "prompt", PROMPT_DIMS, prompt_ranges)
+        _check_crossed(strategy, "decode", DECODE_DIMS, decode_ranges)
+        prompt = _cross(prompt_ranges, config, True, ctx_max)
         decode = _cross(decode_ranges, config, False, None)
     return Plan(
         strategy=strategy,

@@ -15,11 +15,16 @@ import numpy as np
 
 from warmgraph.bucketing.buckets import BucketSet
 from warmgraph.bucketing.exponential import exponential_range
+from warmgraph.bucketing.limits import MAX_RANGE_VALUES, TooManyBucketsError
 from warmgraph.bucketing.linear import linear_range
 from warmgraph.bucketing.padding_aware import padding_aware_range
 from warmgraph.errors import ConfigError
 
-NAMES = ("exponential", "linear", "padding_aware", "fitted", "file")
+# The single list of strategy names. vllm-gaudi's three rule-based 1-D ranges (``buckets
+# range``), then warmgraph's fit to a trace and a bucket file. ``plans.STRATEGIES`` (serving
+# plans: the ranges and a file) is built from RANGE_STRATEGIES; CLI choices come from these.
+RANGE_STRATEGIES = ("exponential", "linear", "padding_aware")
+NAMES = (*RANGE_STRATEGIES, "fitted", "file")
 
 
 @dataclass(frozen=True)
@@ -98,12 +103,75 @@ def _closest(
     return min(tied, key=lambda c: evaluate(c[1], values).padding_waste)
 
 
+# at_count: every exponential limit up to this many is tried, as are up to _MAX_TIES linear
+# steps that give the same count; beyond, the search narrows (see at_count).
+_EXHAUSTIVE_LIMITS = 512
+_MAX_TIES = 256
+_WINDOW = 8
+
+
+def _exponential_limits(s: RangeSpec, n: int) -> list[int]:
+    """Limits to try for ``n`` buckets: every one up to 2n + 3 (as many as _EXHAUSTIVE_LIMITS),
+    else a bisection for the largest limit with at most n buckets, then those of its
+    neighbours with the most buckets not above n: the count only roughly grows with the
+    limit, and trying every limit would cost O(n^2)."""
+    top = hi = min(max(n + 2, 2) * 2 - 1, MAX_RANGE_VALUES)
+    if top <= _EXHAUSTIVE_LIMITS:
+        return list(range(1, top + 1))
+    bmin = s.step if s.min is None else s.min
+
+    def count(limit: int) -> int:
+        return len(exponential_range(bmin, s.step, s.max, limit))
+
+    lo = 1  # one limit, one bucket
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if count(mid) <= n:
+            lo = mid
+        else:
+            hi = mid - 1
+    near = {k: count(k) for k in range(max(1, lo - _WINDOW), min(lo + _WINDOW, top) + 1)}
+    best = max(c for c in near.values() if c <= n)
+    return [k for k, c in near.items() if c == best]
+
+
+def _linear_steps(s: RangeSpec, n: int) -> list[int]:
+    """Multiples k of the base step to try: with min = step = k * base, a linear range has
+    max // (k * base) buckets, so the most buckets not above n (and under the cap) are at
+    the smallest such k; the settings tied with it follow (_MAX_TIES of them, evenly spread,
+    when there are more)."""
+    top = max(1, s.max // s.step)
+    limit = min(n, MAX_RANGE_VALUES)
+    k = min(top, max(1, s.max // (s.step * (limit + 1)) + 1))
+    count = s.max // (s.step * k)
+    last = min(top, s.max // (s.step * count)) if count else k
+    if last - k < _MAX_TIES:
+        return list(range(k, last + 1))
+    return sorted({k + (last - k) * i // (_MAX_TIES - 1) for i in range(_MAX_TIES)})
+
+
+def _built(tries: list[RangeSpec], values: Sequence[int] | np.ndarray | None) -> list[tuple[RangeSpec, BucketSet]]:
+    """Each setting with its buckets; settings above the bucket caps are left out."""
+    out = []
+    for t in tries:
+        try:
+            out.append((t, build(t, values)))
+        except TooManyBucketsError:
+            continue
+    if not out:
+        raise ConfigError(f"every {tries[0].strategy} setting tried makes too many buckets; raise --step or --max")
+    return out
+
+
 def at_count(spec: RangeSpec, n: int, values: Sequence[int] | np.ndarray | None = None) -> tuple[RangeSpec, BucketSet]:
     """``spec``'s strategy tuned to have ``n`` buckets (or the closest count below ``n``).
 
     exponential varies ``limit``; linear varies ``step`` over multiples of the base step
     (min follows step); padding_aware varies ``pad_percent``; fitted gets ``limit = n``;
     a file is what it is. Ties in count go to the setting that wastes least on ``values``.
+    The search costs about a second at most: for large ``n`` it narrows (see
+    ``_exponential_limits``, ``_linear_steps``), and settings above the caps of ``limits``
+    are skipped.
     """
     if n < 1:
         raise ConfigError(f"bucket count {n} must be at least 1")
@@ -115,10 +183,9 @@ def at_count(spec: RangeSpec, n: int, values: Sequence[int] | np.ndarray | None 
         return s, build(s, values)
     tries: list[RangeSpec]
     if s.strategy == "exponential":
-        tries = [replace(s, limit=k) for k in range(1, max(n + 2, 2) * 2)]
+        tries = [replace(s, limit=k) for k in _exponential_limits(s, n)]
     elif s.strategy == "linear":
-        top = max(1, s.max // s.step)
-        tries = [replace(s, step=s.step * k, min=s.step * k) for k in range(1, top + 1)]
+        tries = [replace(s, step=s.step * k, min=s.step * k) for k in _linear_steps(s, n)]
     else:
         tries = [replace(s, pad_percent=p, pad_max=0) for p in range(0, 51)]
-    return _closest([(t, build(t, values)) for t in tries], n, values)
+    return _closest(_built(tries, values), n, values)
