@@ -15,16 +15,16 @@ import pytest
 import torch
 import transformers
 
+from warmgraph.engine import Engine, EngineConfig, SamplingParams, serving_limits
 from warmgraph.models.llama import LlamaConfig, LlamaForCausalLM
 from warmgraph.models.loader import load_checkpoint, save_checkpoint
-from warmgraph.runtime.engine import Engine, EngineConfig, SamplingParams
 
 GQA = LlamaConfig(vocab_size=600, hidden_size=96, intermediate_size=200, num_hidden_layers=3, num_attention_heads=6,
                   num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-6, rope_theta=10000.0,
                   tie_word_embeddings=False, bos_token_id=1, eos_token_id=[2])
 PROMPTS = ["hello", "the cat watches the river and the old engineer builds a wooden box",
            "a small dog finds three apples " * 5, "x"]  # the third needs chunked prefill at 64 tokens/step
-SMALL = dict(max_num_seqs=2, max_num_batched_tokens=32, max_model_len=64, block_size=32)
+SMALL = serving_limits(max_num_seqs=2, max_num_batched_tokens=32, max_model_len=64, block_size=32)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,8 +52,8 @@ def test_greedy_identical_to_transformers(request: pytest.FixtureRequest, which:
     path = request.getfixturevalue(f"{which}_ckpt")
     model, tokenizer, config = load_checkpoint(path)
     hf = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    engine = Engine(model, tokenizer, EngineConfig(backend="eager", cache=None, max_num_seqs=4,
-                                                   max_num_batched_tokens=64, max_model_len=256, block_size=16))
+    limits = serving_limits(max_num_seqs=4, max_num_batched_tokens=64, max_model_len=256, block_size=16)
+    engine = Engine(model, tokenizer, EngineConfig(backend="eager", cache=None, serving=limits))
     out = engine.generate(PROMPTS[:batch] if batch == 1 else PROMPTS, SamplingParams(max_tokens=10))
     for completion in out["completions"]:
         ids = tokenizer.encode(completion["prompt"]).ids  # the tokenizer adds <s> itself, as the engine expects
@@ -64,18 +64,18 @@ def test_greedy_identical_to_transformers(request: pytest.FixtureRequest, which:
 
 def test_aot_cold_in_workers_then_warm_start(default_ckpt: Path, tmp_path: Path) -> None:
     model, tokenizer, _ = load_checkpoint(default_ckpt)
-    reference = Engine(model, tokenizer, EngineConfig(backend="eager", cache=None, **SMALL))
+    reference = Engine(model, tokenizer, EngineConfig(backend="eager", cache=None, serving=SMALL))
     prompts = [*PROMPTS[:2], "a small dog finds three apples " * 3]  # 3 prompts through 2 slots; a 2-chunk prefill
     expected = reference.generate(prompts, SamplingParams(max_tokens=8))
-    cold = Engine(model, tokenizer, EngineConfig(backend="aot", cache=tmp_path, **SMALL))
+    cold = Engine(model, tokenizer, EngineConfig(backend="aot", cache=tmp_path, serving=SMALL))
     graphs = len(cold.plan.prompt) + len(cold.plan.decode)
     report = cold.warmup(workers=2)
     assert report.compiled == graphs == 6 and report.loaded == 0
-    assert cold.prefill.counters["compiles"] + cold.decode.counters["compiles"] == 0  # workers compiled them
+    assert cold.counter("compiles") == 0 and cold.counter("cache_hits") == graphs  # workers compiled them
     got = cold.generate(prompts, SamplingParams(max_tokens=8))
     assert [c["token_ids"] for c in got["completions"]] == [c["token_ids"] for c in expected["completions"]]
     assert got["stats"]["eager_fallbacks"] == 0
-    warm = Engine(model, tokenizer, EngineConfig(backend="aot", cache=tmp_path, **SMALL))
+    warm = Engine(model, tokenizer, EngineConfig(backend="aot", cache=tmp_path, serving=SMALL))
     report = warm.warmup(workers=2)
     assert report.loaded == graphs and report.compiled == 0
     again = warm.generate(prompts, SamplingParams(max_tokens=8))
@@ -84,7 +84,7 @@ def test_aot_cold_in_workers_then_warm_start(default_ckpt: Path, tmp_path: Path)
 
 def test_a_prompt_too_long_fails_alone(default_ckpt: Path) -> None:
     model, tokenizer, _ = load_checkpoint(default_ckpt)
-    engine = Engine(model, tokenizer, EngineConfig(backend="eager", cache=None, **SMALL))
+    engine = Engine(model, tokenizer, EngineConfig(backend="eager", cache=None, serving=SMALL))
     out = engine.generate(["word " * 200, "hello"], SamplingParams(max_tokens=4))
     bad, good = out["completions"]
     assert bad["finish_reason"] == "error" and "max_model_len is 64" in bad["error"] and bad["token_ids"] == []
@@ -93,7 +93,7 @@ def test_a_prompt_too_long_fails_alone(default_ckpt: Path) -> None:
 
 def test_seeded_sampling_is_reproducible(default_ckpt: Path) -> None:
     model, tokenizer, _ = load_checkpoint(default_ckpt)
-    engine = Engine(model, tokenizer, EngineConfig(backend="eager", cache=None, **SMALL))
+    engine = Engine(model, tokenizer, EngineConfig(backend="eager", cache=None, serving=SMALL))
     params = SamplingParams(max_tokens=12, temperature=1.5, top_p=0.9, seed=3)
     first = engine.generate(["hello", "the cat"], params)
     second = engine.generate(["hello", "the cat"], params)

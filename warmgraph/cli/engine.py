@@ -1,31 +1,47 @@
-"""``warmgraph warmup`` and ``warmgraph generate``: a real model through its cached graphs."""
+"""``warmgraph warmup`` and ``warmgraph generate``: a real model through its cached graphs.
+
+Option defaults and choices come from the engine's dataclasses (``engine/config.py``) and the
+bucketing plans, so each is written once. Every value is checked before the model loads, so
+a bad flag costs milliseconds, not a model load.
+"""
 
 from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import fields
 from typing import Any
 
 import click
 
+from warmgraph.bucketing.plans import STRATEGIES
 from warmgraph.cli.output import emit_json, table
+from warmgraph.engine.config import DEFAULT_SERVING, DEVICES, EngineConfig, SamplingParams
 
-_DEFAULT = "the embedded default (a tiny Llama generated on first use)"
+_ENGINE = {f.name: f.default for f in fields(EngineConfig)}
+_SAMPLING = {f.name: f.default for f in fields(SamplingParams)}
 
 
 def _engine_options(f: Any) -> Any:
+    s = DEFAULT_SERVING
     options = [
         click.argument("model_dir", required=False),
-        click.option("--backend", default="auto", show_default=True, help="auto, aot, inductor, eager, ..."),
-        click.option("--strategy", default="exponential", show_default=True,
-                     type=click.Choice(["exponential", "linear", "padding_aware", "file"])),
+        click.option("--backend", default=_ENGINE["backend"], show_default=True,
+                     help="auto, aot, inductor, eager, or a capture backend (cuda_graph, acl_graph, hpu_graph), "
+                          "optionally over a compiler: cuda_graph:aot."),
+        click.option("--device", type=click.Choice(DEVICES), default=_ENGINE["device"], show_default=True,
+                     help="Where the model, KV cache and step inputs live [auto: $WARMGRAPH_DEVICE, else detected]."),
+        click.option("--strategy", default=_ENGINE["strategy"], show_default=True, type=click.Choice(STRATEGIES)),
         click.option("--bucket-file", help="Bucket file for --strategy file."),
-        click.option("--max-num-seqs", type=int, default=4, show_default=True),
-        click.option("--max-model-len", type=int, default=256, show_default=True),
-        click.option("--max-num-batched-tokens", type=int, default=64, show_default=True),
-        click.option("--block-size", type=int, default=64, show_default=True),
+        click.option("--max-num-seqs", type=int, default=s.max_num_seqs, show_default=True),
+        click.option("--max-model-len", type=int, default=s.max_model_len, show_default=True),
+        click.option("--max-num-batched-tokens", type=int, default=s.max_num_batched_tokens, show_default=True),
+        click.option("--max-num-prefill-seqs", type=int, default=s.max_num_prefill_seqs, show_default=True,
+                     help="Most prompts prefilled in one step."),
+        click.option("--block-size", type=int, default=s.block_size, show_default=True),
         click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
                      help="Weights dtype [the checkpoint's]."),
+        click.option("--threads", type=int, default=None, help="Torch threads [torch's default]."),
         click.option("--cache-dir", help="Graph cache root [$WARMGRAPH_CACHE_DIR or ~/.cache/warmgraph]."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object and nothing else."),
     ]
@@ -34,22 +50,30 @@ def _engine_options(f: Any) -> Any:
     return f
 
 
-def _build(model_dir: str | None, dtype: str | None, cache_dir: str | None, **limits: Any) -> tuple[Any, str]:
+def _config(kw: dict[str, Any], cache: Any) -> EngineConfig:
+    """The engine config from the options; ConfigError (one line, exit 2) for any bad value."""
+    from warmgraph.engine.config import serving_limits
+
+    serving = serving_limits(max_num_seqs=kw["max_num_seqs"], max_num_batched_tokens=kw["max_num_batched_tokens"],
+                             max_model_len=kw["max_model_len"], block_size=kw["block_size"],
+                             max_num_prefill_seqs=kw["max_num_prefill_seqs"])
+    return EngineConfig(serving=serving, strategy=kw["strategy"], bucket_file=kw["bucket_file"],
+                        backend=kw["backend"], device=kw["device"], cache=cache, threads=kw["threads"])
+
+
+def _build(model_dir: str | None, dtype: str | None, cache_dir: str | None, kw: dict[str, Any]) -> tuple[Any, str]:
+    from warmgraph.compiler.registry import get_backend, require_device
+    from warmgraph.engine.engine import Engine
     from warmgraph.graph_cache.store import GraphCache
     from warmgraph.models.default import ensure_default_model
     from warmgraph.models.loader import load_checkpoint
-    from warmgraph.runtime.engine import Engine, EngineConfig
 
     cache = GraphCache(cache_dir)
+    config = _config(kw, cache)
+    get_backend(config.backend, require_device(config.device))  # a bad backend or device fails before the load
     path = model_dir or str(ensure_default_model(cache.root if cache_dir else None))
     model, tokenizer, _ = load_checkpoint(path, dtype)
-    return Engine(model, tokenizer, EngineConfig(cache=cache, **limits)), path
-
-
-def _limits(kw: dict[str, Any]) -> dict[str, Any]:
-    names = ("backend", "strategy", "bucket_file", "max_num_seqs", "max_model_len", "max_num_batched_tokens",
-             "block_size")
-    return {k: kw[k] for k in names}
+    return Engine(model, tokenizer, config), path
 
 
 @click.command("warmup")
@@ -61,53 +85,58 @@ def warmup(model_dir: str | None, dtype: str | None, cache_dir: str | None, as_j
 
     Without MODEL_DIR (a local Hugging Face-format Llama directory), the embedded default.
     """
-    engine, path = _build(model_dir, dtype, cache_dir, **_limits(kw))
-    workers = workers or os.cpu_count() or 1
-    if workers < 1:
+    if workers is not None and workers < 1:
         raise click.BadParameter("must be at least 1", param_hint="--workers")
+    engine, path = _build(model_dir, dtype, cache_dir, kw)
+    workers = workers or os.cpu_count() or 1
     report = engine.warmup(progress=not as_json, workers=workers)
     sources = Counter(e.source for e in report.entries)
     by_phase = {"prompt": len(engine.plan.prompt), "decode": len(engine.plan.decode)}
+    totals = report.to_dict()
     result = {
-        "model": path, "backend": report.backend, "buckets": len(report.entries), **by_phase,
-        "compiled": sources["compiled"], "loaded": sources["loaded"], "ready": sources["ready"],
-        "seconds": round(report.seconds, 3), "workers": workers, "cache": str(engine.prefill.cache.root),
+        "model": path, "backend": report.backend, "device": engine.device.type, "buckets": len(report.entries),
+        **by_phase, "compiled": sources["compiled"], "loaded": sources["loaded"], "ready": sources["ready"],
+        "captured": report.captured, "seconds": round(report.seconds, 3), "workers": workers,
+        "graph_bytes": totals["graph_bytes"], "device_bytes": totals["device_bytes"],
+        "buffer_bytes": totals["buffer_bytes"], "cache": str(engine.prefill.layer.cache.root),
+        "entries": totals["entries"],
     }
     if as_json:
         emit_json(result)
         return
     slowest = sorted(report.entries, key=lambda e: -e.seconds)[:3]
     click.echo(f"model {path}")
-    click.echo(table(["graphs", "prompt", "decode", "compiled", "loaded", "seconds", "backend"],
+    click.echo(table(["graphs", "prompt", "decode", "compiled", "loaded", "captured", "seconds", "backend", "device"],
                      [[result["buckets"], by_phase["prompt"], by_phase["decode"], result["compiled"],
-                       result["loaded"], round(report.seconds, 2), report.backend]]))
+                       result["loaded"], result["captured"], round(report.seconds, 2), report.backend,
+                       result["device"]]]))
     click.echo("one graph per bucket serves every layer (regional compilation); slowest: "
                + ", ".join(f"{e.bucket} {e.seconds:.1f}s" for e in slowest))
+    if report.captured:
+        device = totals["device_bytes"]
+        click.echo(f"captured {report.captured} steps; device memory {device / 2**20:.1f} MiB; static buffers "
+                   f"{totals['buffer_bytes'] / 2**10:.1f} KiB" if device is not None else
+                   f"captured {report.captured} steps; static buffers {totals['buffer_bytes'] / 2**10:.1f} KiB")
     click.echo(f"graph cache: {result['cache']}")
 
 
 @click.command("generate")
 @_engine_options
 @click.option("--prompt", "prompts", multiple=True, required=True, help="A prompt; repeat for a batch.")
-@click.option("--max-tokens", type=int, default=32, show_default=True)
-@click.option("--temperature", type=float, default=0.0, show_default=True, help="0 is greedy.")
-@click.option("--top-p", type=float, default=1.0, show_default=True)
-@click.option("--seed", type=int, default=None)
+@click.option("--max-tokens", type=int, default=_SAMPLING["max_tokens"], show_default=True)
+@click.option("--temperature", type=float, default=_SAMPLING["temperature"], show_default=True, help="0 is greedy.")
+@click.option("--top-p", type=float, default=_SAMPLING["top_p"], show_default=True)
+@click.option("--seed", type=int, default=_SAMPLING["seed"])
 def generate(model_dir: str | None, dtype: str | None, cache_dir: str | None, as_json: bool, prompts: tuple[str, ...],
              max_tokens: int, temperature: float, top_p: float, seed: int | None, **kw: Any) -> None:
     """Generate text for each --prompt through the warmed graphs, and report the stats."""
-    from warmgraph.runtime.engine import SamplingParams
-
-    if max_tokens < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--max-tokens")
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise click.BadParameter("temperature must be >= 0 and top-p in (0, 1]", param_hint="--temperature/--top-p")
-    engine, path = _build(model_dir, dtype, cache_dir, **_limits(kw))
+    params = SamplingParams(max_tokens, temperature, top_p, seed)  # checked before anything loads
+    engine, path = _build(model_dir, dtype, cache_dir, kw)
     report = engine.warmup(progress=False)
-    out = engine.generate(list(prompts), SamplingParams(max_tokens, temperature, top_p, seed))
-    counters = {k: engine.prefill.counters[k] + engine.decode.counters[k] for k in ("compiles", "cache_hits")}
-    out["stats"].update(warmup_seconds=round(report.seconds, 3), graphs_compiled=counters["compiles"],
-                        graphs_loaded=counters["cache_hits"])
+    out = engine.generate(list(prompts), params)
+    out["stats"].update(warmup_seconds=round(report.seconds, 3), graphs_compiled=engine.counter("compiles"),
+                        graphs_loaded=engine.counter("cache_hits"), backend=engine.backend_name,
+                        device=engine.device.type)
     if as_json:
         emit_json({"model": path, **out})
         return

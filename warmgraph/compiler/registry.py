@@ -2,7 +2,11 @@
 
 ``auto`` picks the best backend for the device: cuda -> ``cuda_graph`` over Inductor
 (compile, then capture, as vLLM does), npu -> ``acl_graph``, hpu -> ``hpu_graph``,
-cpu -> ``aot`` (AOTInductor, the backend that persists completely).
+cpu -> ``aot`` (AOTInductor, the backend that persists completely). A capture backend can
+name its compiler after a colon: ``cuda_graph:aot`` captures AOTInductor graphs.
+
+``require_device`` checks that a device asked for by name is really there, so that asking
+for ``cuda`` on a machine without one is a one-line error, never CPU work in disguise.
 """
 
 from __future__ import annotations
@@ -62,6 +66,28 @@ def detect_device(device: str | None = None) -> str:
     return "cpu"
 
 
+def require_device(name: str | None = None) -> str:
+    """The device to run on: ``name`` (or ``auto``: ``$WARMGRAPH_DEVICE``, else detection), after
+    checking it is available here; ConfigError naming the fix otherwise."""
+    device = detect_device(None if name in (None, "auto") else name)
+    if device == "cpu":
+        return device
+    import torch
+
+    available = {"cuda": torch.cuda.is_available, "npu": _npu_available, "hpu": _hpu_available}[device]
+    try:
+        ok = bool(available())
+    except Exception:  # a vendor package that is installed but broken: not usable either
+        ok = False
+    if not ok:
+        where = "WARMGRAPH_DEVICE=" if name in (None, "auto") else "--device "
+        detail = f"torch {torch.__version__}" + (", a CPU-only build" if device == "cuda" and not torch.version.cuda
+                                                 else "")
+        raise ConfigError(f"{where}{device}: no {device} device is available here ({detail}); use --device cpu, "
+                          "or run on a machine with one")
+    return device
+
+
 def resolve_auto(device: str | None = None) -> str:
     """The backend name ``auto`` stands for on ``device`` (detected when None)."""
     return _AUTO[detect_device(device)]
@@ -75,6 +101,12 @@ def get_backend(name: str | Backend = "auto", device: str | None = None, **optio
     """
     if not isinstance(name, str):
         return name
+    if ":" in name:  # "cuda_graph:aot": a capture backend and the compiler it captures
+        name, inner = name.split(":", 1)
+        if name not in _CAPTURE_DEVICE:
+            raise ConfigError(f"backend {name}:{inner}: only capture backends ({', '.join(_CAPTURE_DEVICE)}) take a "
+                              "compiler after a colon")
+        options["inner"] = inner
     if name == "auto":
         dev = detect_device(device)
         name = _AUTO[dev]
@@ -99,6 +131,9 @@ def get_backend(name: str | Backend = "auto", device: str | None = None, **optio
 
     inner = options.pop("inner", None)
     if isinstance(inner, str):
+        if inner not in ("eager", "inductor", "aot"):
+            raise ConfigError(f"{name} captures a compiler's graphs: use {name}:aot, {name}:inductor or "
+                              f"{name}:eager, not {name}:{inner}")
         inner = get_backend(inner, device)
     api = options.pop("api", None) or get_device_api(_CAPTURE_DEVICE[name])
     return CaptureBackend(api, name, inner=inner, **options)

@@ -4,11 +4,12 @@ Regional compilation, as Gaudi does it: the graph is one decoder layer, and the 
 weights are *inputs*, not constants, so the graph compiled for a bucket serves every layer
 of the model (and any checkpoint of the same shape). Compile time does not grow with depth.
 
-The KV cache of a layer is ``(num_blocks + 1, block_size, kv_heads, head_dim)``; the extra
-last block is scratch, where padded block-table entries point so that padding never reads
-or needs real memory. A step reads the cache but does not write it: it returns this step's
-new K and V, and the engine stores them (only the real tokens). So graphs never mutate
-their inputs, which keeps export, AOTInductor and capture simple.
+The KV cache of a layer is ``(num_blocks + 1, block_size, kv_heads, head_dim)``
+(``layer_inputs.kv_cache_shape``); the extra last block is scratch, where padded block-table
+entries and padded slots point, so padding never touches a request's memory. A layer step
+reads the cache but does not write it: it returns this step's new K and V, and
+``ModelStep`` stores them. So the compiled graphs never mutate their inputs, which keeps
+export and AOTInductor simple.
 
 Shapes follow vllm-gaudi's buckets:
   prefill (batch, query_len, ctx_blocks): ``hidden (B, Q, H)``, ``cos/sin (B, Q, D)``,
@@ -19,33 +20,22 @@ Shapes follow vllm-gaudi's buckets:
       ``block_pos (N,)`` its index within that row, ``ctx_lens (B,)`` cached tokens per row.
 Masked scores use the dtype's most negative finite value, so a padded row with nothing to
 attend to stays finite (it attends to itself) instead of turning into NaN.
+
+``ModelStep`` is a whole model step around a layer step: embedding, RoPE lookup, every layer
+(through a layer callable: one compiled graph per bucket serves them all), and the store of
+each layer's new K/V into its cache at the given slots. It is what a capture backend
+captures, once per bucket, so a replay runs every layer with no Python in between.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from warmgraph.models.llama import LlamaConfig, apply_rope
-
-# The order in which a layer's weights are passed to a step.
-WEIGHT_NAMES = (
-    "input_layernorm.weight",
-    "self_attn.q_proj.weight",
-    "self_attn.k_proj.weight",
-    "self_attn.v_proj.weight",
-    "self_attn.o_proj.weight",
-    "post_attention_layernorm.weight",
-    "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",
-    "mlp.down_proj.weight",
-)
-
-
-def layer_weights(layer: nn.Module) -> list[torch.Tensor]:
-    """A decoder layer's weights in ``WEIGHT_NAMES`` order (the tensors themselves, no copies)."""
-    params = dict(layer.named_parameters())
-    return [params[name].detach() for name in WEIGHT_NAMES]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -141,3 +131,39 @@ class DecodeStep(_Step):
         probs = probs.to(q.dtype)
         attn = torch.einsum("bhk,khd->bhd", probs[..., :-1], cv) + probs[..., -1:] * v_self
         return self._finish(hidden, attn[:, None], wo, ln2, wg, wu, wd), k, v
+
+
+class ModelStep(nn.Module):
+    """One model step over a paged KV cache, every layer through ``layer``.
+
+    ``forward(ids, positions, *meta, slots, embed, cos_table, sin_table, *state) -> hidden``:
+    ``ids``/``positions`` ``(B, Q)``; ``meta`` the layer step's attention inputs (prefill:
+    ``ctx_blocks, ctx_lens, q_lens``; decode: ``block_list, block_seq, block_pos, ctx_lens``);
+    ``slots (B, Q)`` the flat cache slot of each token's K/V (padding points at the scratch
+    block); ``state`` per layer ``k_cache, v_cache`` and then that layer's inputs (weights).
+    Returns the last layer's hidden states ``(B, Q, H)``; final norm and LM head are the
+    caller's (they run on a few rows only). Holds no tensors: all state is passed in, by
+    reference, and the caches are written in place.
+    """
+
+    def __init__(self, layer: Callable[..., Any], num_layers: int, per_layer: int, num_meta: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.num_layers = num_layers
+        self.per_layer = per_layer  # tensors per layer in ``state``: k_cache, v_cache, then the inputs
+        self.num_meta = num_meta
+
+    def forward(self, ids: torch.Tensor, positions: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
+        meta = rest[: self.num_meta]
+        slots, embed, cos_table, sin_table = rest[self.num_meta: self.num_meta + 4]
+        state = rest[self.num_meta + 4:]
+        hidden = nn.functional.embedding(ids, embed)
+        cos, sin = cos_table[positions], sin_table[positions]
+        flat_slots = slots.reshape(-1)
+        for i in range(self.num_layers):
+            k_cache, v_cache, *inputs = state[i * self.per_layer: (i + 1) * self.per_layer]
+            hidden, k, v = self.layer(hidden, cos, sin, *meta, k_cache, v_cache, *inputs)
+            # K/V of this step into the cache, in place: padded tokens land in the scratch block.
+            k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, flat_slots, k.reshape(-1, *k.shape[2:]))
+            v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, flat_slots, v.reshape(-1, *v.shape[2:]))
+        return hidden
