@@ -12,17 +12,22 @@ nano-vllm share:
 Warm-ups and capture run under ``torch.no_grad()``: this is an inference recipe.
 
 Contract:
-  - ``example_inputs`` are the static input buffers. The graph reads them at every replay;
-    the caller copies each later call's inputs into them (``static.copy_(new)``) and passes
-    those same tensors. A different tensor is silently ignored by the device, which is why
-    ``debug=True`` checks identity and ``data_ptr()`` on every call.
+  - ``example_inputs`` are the static input buffers, in the device memory of the graph
+    (``api.device_type``); a tensor elsewhere is refused with a WarmgraphError that names it.
+    The graph reads them at every replay; the caller copies each later call's inputs into
+    them (``static.copy_(new)``) and passes those same tensors. A different tensor is silently
+    ignored by the device, which is why ``debug=True`` checks identity and ``data_ptr()`` on
+    every call. They must stay alive as long as the graph: it holds their addresses.
   - The graph returns the tensors produced during capture (the static outputs): the same
-    Python objects on every replay, overwritten by the next replay. Copy or consume them
-    before replaying again. On a real device, capture records work without running it, so
-    the static outputs hold valid values only after the first replay.
+    Python objects on every replay. Copy or consume them before the next replay of this graph
+    and before any replay of a graph captured earlier into the same pool: that graph may write
+    into memory it freed during its capture, which later captures were given for their outputs.
+    On CUDA and NPU, capture records work without running it, so the static outputs hold
+    valid values only after the first replay, and the capture leaves inputs and state as they
+    were. An HPU capture runs the work once (see ``devices.HpuGraphAPI``).
   - Every graph a backend instance captures shares one memory pool and one stream. Capture
     the largest bucket first so that smaller graphs fit in the memory the first one reserved;
-    the order is the caller's (``captures_log`` records it).
+    the order is the caller's (``captures_log`` records it, with the device memory each took).
   - Captured graphs hold device addresses and cannot be saved: ``save``/``load`` raise
     ``NotImplementedError``. A restart re-captures from the inner backend's cached code.
 """
@@ -45,12 +50,14 @@ from warmgraph.errors import ConfigError, WarmgraphError
 
 @dataclass(frozen=True)
 class CaptureRecord:
-    """What one capture cost: the bucket's input shapes, warm-ups run, and seconds spent."""
+    """What one capture cost: the bucket's input shapes, warm-ups run, seconds spent, device memory taken."""
 
     shapes: tuple[tuple[int, ...] | None, ...]  # None for a non-tensor input
     warmups: int
     warmup_seconds: float
     capture_seconds: float
+    # Growth of the device's memory_allocated() across the capture; None where the API cannot tell.
+    device_bytes: int | None = None
 
     @property
     def seconds(self) -> float:
@@ -181,6 +188,8 @@ class CaptureBackend:
         loaded from the graph cache) on ``example_inputs``, the static buffers. ``fn`` names
         the arguments in debug messages."""
         static_inputs = tuple(example_inputs)
+        arg_names = _arg_names(fn or graph_fn)
+        self._check_devices(static_inputs, arg_names)
         if self._stream is None:
             self._stream = self.api.new_stream()
             if self.api.supports_pool:
@@ -196,11 +205,13 @@ class CaptureBackend:
             self.api.synchronize()
             warmed = time.perf_counter()
 
+            before = self._memory_allocated()
             graph = self.api.new_graph()
             with self.api.capture(graph, self._pool, self._stream):
                 static_outputs = graph_fn(*static_inputs)
             self.api.synchronize()
             done = time.perf_counter()
+            after = self._memory_allocated()
 
         self.captures_log.append(
             CaptureRecord(
@@ -208,9 +219,27 @@ class CaptureBackend:
                 warmups=self.num_warmups,
                 warmup_seconds=warmed - start,
                 capture_seconds=done - warmed,
+                device_bytes=after - before if before is not None and after is not None else None,
             )
         )
-        return CapturedGraph(self.api, graph, static_inputs, static_outputs, _arg_names(fn or graph_fn), self.debug)
+        return CapturedGraph(self.api, graph, static_inputs, static_outputs, arg_names, self.debug)
+
+    def _check_devices(self, static_inputs: tuple[Any, ...], arg_names: tuple[str, ...]) -> None:
+        """Raise WarmgraphError naming the first input tensor that is not in the graph's device memory."""
+        want = self.api.device_type
+        for i, value in enumerate(static_inputs):
+            label = arg_names[i] if i < len(arg_names) else f"#{i}"
+            for path, t in _tensors_in(value, label):
+                if t.device.type != want:
+                    raise WarmgraphError(
+                        f"argument {path!r} (input {i}) is a tensor on {t.device}, but the {self.name} graph runs on "
+                        f"{want!r} and reads its inputs from {want} memory; move it with .to({want!r}) before "
+                        f"capturing, or use a non-capture backend such as aot on the CPU"
+                    )
+
+    def _memory_allocated(self) -> int | None:
+        counter = getattr(self.api, "memory_allocated", None)  # optional for adapters outside devices.py
+        return counter() if counter is not None else None
 
     def save(self, graph: CompiledGraph, directory: Path) -> list[str]:
         raise NotImplementedError(
@@ -236,6 +265,17 @@ class CaptureBackend:
 
 def _data_ptr(x: Any) -> int | None:
     return x.data_ptr() if isinstance(x, torch.Tensor) else None
+
+
+def _tensors_in(value: Any, path: str) -> list[tuple[str, torch.Tensor]]:
+    """The tensors in an input, also inside lists, tuples and dicts (a KV cache per layer), with their paths."""
+    if isinstance(value, torch.Tensor):
+        return [(path, value)]
+    if isinstance(value, (list, tuple)):
+        return [pair for j, item in enumerate(value) for pair in _tensors_in(item, f"{path}[{j}]")]
+    if isinstance(value, dict):
+        return [pair for k, item in value.items() for pair in _tensors_in(item, f"{path}[{k!r}]")]
+    return []
 
 
 def _arg_names(fn: Callable[..., Any]) -> tuple[str, ...]:

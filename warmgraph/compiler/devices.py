@@ -2,9 +2,9 @@
 
 One role: adapt a vendor's graph API to ``DeviceGraphAPI`` so that ``capture.py`` can run a
 single capture recipe on every device. Each adapter takes the vendor module as an argument
-(tests pass the CPU fakes from ``tests/fake_devices.py``); ``from_installed()`` imports the
-real one. torch_npu and habana_frameworks are imported only there, so importing this module
-never needs them.
+(tests pass the CPU fakes from ``tests/fake_devices.py``, with ``device_type=fake.device_type``
+because the fakes' memory is CPU memory); ``from_installed()`` imports the real one. torch_npu
+and habana_frameworks are imported only there, so importing this module never needs them.
 
 Contract of ``DeviceGraphAPI``:
   - ``new_graph()`` returns an empty graph object; ``capture(graph, pool, stream)`` is a
@@ -17,6 +17,13 @@ Contract of ``DeviceGraphAPI``:
     the static input buffers hold at that moment.
   - ``warmup_stream(stream)`` runs its body on ``stream`` after all earlier device work has
     finished, so warm-up iterations see the inputs the default stream wrote.
+  - ``device_type`` is the torch device type of the memory the graph reads (``tensor.device.type``).
+  - ``memory_allocated()`` is the vendor's count of bytes held by tensors, or None where the
+    module has none.
+
+What capture does differs: CUDA and ACL stream capture records work without running it, so
+inputs and state are untouched and outputs hold garbage until the first replay; an HPU capture
+(lazy mode) also runs the work once, unless ``HpuGraphAPI(dry_run=True)``.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ class DeviceGraphAPI(Protocol):
     """What the capture backend needs from a device's graph API."""
 
     name: str  # "cuda" | "npu" | "hpu"
+    device_type: str  # torch device type of the memory a graph reads ("cuda", "npu", "hpu"; "cpu" for fakes)
     supports_pool: bool  # False for HPU graphs: they take no memory pool
 
     def new_graph(self) -> Any: ...
@@ -53,11 +61,14 @@ class DeviceGraphAPI(Protocol):
 
     def warmup_stream(self, stream: Any) -> AbstractContextManager[None]: ...
 
+    def memory_allocated(self) -> int | None: ...
+
 
 class _VendorGraphAPI:
-    """The verbs every vendor module spells the same way: streams, replay, synchronize."""
+    """The verbs every vendor module spells the same way: streams, replay, synchronize, memory."""
 
     _mod: Any
+    device_type: str
 
     def new_stream(self) -> Any:
         return self._mod.Stream()
@@ -76,6 +87,11 @@ class _VendorGraphAPI:
         with self._mod.stream(stream):
             yield
 
+    def memory_allocated(self) -> int | None:
+        # torch.cuda, torch.npu and habana_frameworks.torch.hpu all have memory_allocated(device=None).
+        counter = getattr(self._mod, "memory_allocated", None)
+        return int(counter()) if counter is not None else None
+
 
 class _PooledGraphAPI(_VendorGraphAPI):
     """Shared adapter for the torch.cuda-shaped APIs (CUDA, and torch_npu's copy of it).
@@ -88,11 +104,13 @@ class _PooledGraphAPI(_VendorGraphAPI):
     supports_pool = True
     _graph_class: str
 
-    def __init__(self, module: Any, capture_error_mode: str | None = None) -> None:
+    def __init__(self, module: Any, capture_error_mode: str | None, device_type: str) -> None:
         self._mod = module
         # None leaves the vendor default ("global"); passed only when set, because older
         # torch_npu releases do not accept every keyword the newest one does.
         self.capture_error_mode = capture_error_mode
+        self.device_type = device_type
+        self._extra: dict[str, Any] = {}  # vendor keywords a subclass passes to graph(...)
 
     def new_graph(self) -> Any:
         return getattr(self._mod, self._graph_class)()
@@ -106,16 +124,31 @@ class _PooledGraphAPI(_VendorGraphAPI):
             kwargs["capture_error_mode"] = self.capture_error_mode
         # The vendor context manager synchronizes, enters the stream, calls capture_begin
         # with the pool, and calls capture_end on exit even when the body raised.
-        return self._mod.graph(graph, **kwargs)
+        return self._mod.graph(graph, **kwargs, **self._extra)
+
 
 class CudaGraphAPI(_PooledGraphAPI):
-    """CUDA graphs through ``torch.cuda`` (``CUDAGraph``, ``graph``, ``graph_pool_handle``)."""
+    """CUDA graphs through ``torch.cuda`` (``CUDAGraph``, ``graph``, ``graph_pool_handle``).
+
+    ``check_input_liveness=True`` asks torch (2.13 and later) to raise at replay when a tensor
+    the graph reads was freed since capture, instead of silently reading freed memory; it is
+    passed only when set, since older torch lacks the keyword.
+    """
 
     name = "cuda"
     _graph_class = "CUDAGraph"
 
-    def __init__(self, cuda: Any = torch.cuda, capture_error_mode: str | None = None) -> None:
-        super().__init__(cuda, capture_error_mode)
+    def __init__(
+        self,
+        cuda: Any = torch.cuda,
+        capture_error_mode: str | None = None,
+        *,
+        device_type: str = "cuda",
+        check_input_liveness: bool = False,
+    ) -> None:
+        super().__init__(cuda, capture_error_mode, device_type)
+        if check_input_liveness:
+            self._extra["check_input_liveness"] = True
 
     @classmethod
     def from_installed(cls) -> CudaGraphAPI:
@@ -142,8 +175,8 @@ class NpuGraphAPI(_PooledGraphAPI):
     name = "npu"
     _graph_class = "NPUGraph"
 
-    def __init__(self, npu: Any, capture_error_mode: str | None = None) -> None:
-        super().__init__(npu, capture_error_mode)
+    def __init__(self, npu: Any, capture_error_mode: str | None = None, *, device_type: str = "npu") -> None:
+        super().__init__(npu, capture_error_mode, device_type)
 
     @classmethod
     def from_installed(cls) -> NpuGraphAPI:
@@ -166,17 +199,26 @@ class NpuGraphAPI(_PooledGraphAPI):
 
 
 class HpuGraphAPI(_VendorGraphAPI):
-    """Gaudi HPU graphs through ``habana_frameworks.torch.hpu`` (``HPUGraph``, no memory pools).
+    """Gaudi HPU graphs through ``habana_frameworks.torch.hpu`` (``HPUGraph``, ``graph``; no memory pools).
 
-    ``capture`` is built from ``capture_begin``/``capture_end`` inside ``hpu.stream(stream)``
-    rather than ``hpu.graph``, whose keywords changed between bridge releases.
+    ``capture`` is the bridge's ``hpu.graph(graph, stream=stream)`` context manager, because it
+    alone sets the ``is_capture`` flag of the capture stream that ``hpu.is_current_stream_capturing()``
+    reads; ``HPUGraph.capture_begin`` does not (gaudi-pytorch-bridge 1.19.0,
+    ``python_packages/habana_frameworks/torch/hpu/graphs.py``). ``graph(hpu_graph, stream=None)`` has
+    kept that signature since the first bridge that had it; later ones added ``dry_run``.
+
+    In lazy mode an HPU capture also runs the captured work once (the bridge launches the recipe
+    unless ``dry_run``), so in-place state changes at capture and outputs are valid at once.
+    ``dry_run=True`` captures without launching, as CUDA does; it is passed only when set.
     """
 
     name = "hpu"
     supports_pool = False
 
-    def __init__(self, hpu: Any) -> None:
+    def __init__(self, hpu: Any, *, device_type: str = "hpu", dry_run: bool = False) -> None:
         self._mod = hpu
+        self.device_type = device_type
+        self.dry_run = dry_run
 
     @classmethod
     def from_installed(cls) -> HpuGraphAPI:
@@ -194,6 +236,13 @@ class HpuGraphAPI(_VendorGraphAPI):
                 "habana_frameworks is installed but habana_frameworks.torch.hpu.is_available() is False; "
                 "check the Gaudi driver (hl-smi), or choose another backend"
             )
+        if not hasattr(hpu, "HPUGraph") or not hasattr(hpu, "graph"):
+            # The bridge exports its graph API only in lazy mode (hpu/__init__.py: "if is_lazy():
+            # from .graphs import *").
+            raise WarmgraphError(
+                "habana_frameworks.torch.hpu has no HPUGraph/graph: the Gaudi bridge offers HPU graphs only in "
+                "lazy mode; set PT_HPU_LAZY_MODE=1, or in torch.compile mode choose a compile backend instead"
+            )
         return cls(hpu)
 
     def new_graph(self) -> Any:
@@ -202,20 +251,13 @@ class HpuGraphAPI(_VendorGraphAPI):
     def graph_pool_handle(self) -> None:
         return None
 
-    @contextlib.contextmanager
-    def capture(self, graph: Any, pool: Any | None, stream: Any) -> Iterator[None]:
+    def capture(self, graph: Any, pool: Any | None, stream: Any) -> AbstractContextManager[None]:
         # ``pool`` is accepted for the common interface and ignored: HPUGraph has no pools.
-        with self._mod.stream(stream):
-            graph.capture_begin()
-            try:
-                yield
-            except BaseException:
-                # Close the capture so the stream is usable again, but report the body's
-                # error: a failure of capture_end here would only hide the cause.
-                with contextlib.suppress(Exception):
-                    graph.capture_end()
-                raise
-            graph.capture_end()
+        # hpu.graph synchronizes, enters the stream, sets its is_capture flag and calls
+        # capture_begin; on exit, also after an error, capture_end, clears the flag, leaves.
+        if self.dry_run:
+            return self._mod.graph(graph, stream=stream, dry_run=True)
+        return self._mod.graph(graph, stream=stream)
 
     def wrap_module(
         self,
