@@ -31,7 +31,7 @@ from warmgraph.bucketing.buckets import BucketSet, MissPolicy
 from warmgraph.bucketing.plans import ServingConfig
 
 
-@dataclass
+@dataclass(eq=False)  # requests are compared by identity: two equal prompts are two requests
 class Request:
     """One prompt and what became of it."""
 
@@ -153,7 +153,7 @@ class Scheduler:
         limit = self.serving.max_num_prefill_seqs or 1
         chunking = [r for r in self.running if r.prefilling]
         if chunking:
-            return self._fit(chunking[:limit], admitted=[])
+            return self._fit(chunking[:limit], [])
         admitted: list[Request] = []
         while self.waiting and len(self.running) < self.serving.max_num_seqs and len(admitted) < limit:
             r = self.waiting[0]
@@ -164,7 +164,7 @@ class Scheduler:
             r.blocks = [heapq.heappop(self._free) for _ in range(need)]
             self.running.append(r)
             admitted.append(r)
-        return self._fit(admitted, admitted) if admitted else None
+        return self._fit(list(admitted), admitted) if admitted else None
 
     def _batch(self, requests: list[Request]) -> PrefillBatch:
         budget = self.serving.max_num_batched_tokens // len(requests)
