@@ -11,12 +11,12 @@ def check_range(name: str, bmin: int, step: int, bmax: int) -> None:
     for label, value in (("min", bmin), ("step", step), ("max", bmax)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{name}: {label} must be an integer, got {value!r}")
+        if label == "step" and value < 1:
+            raise ConfigError(f"{name}: step is {value}; use a step of at least 1")
         if value < 0:
             raise ConfigError(f"{name}: {label} is {value}; sizes must be >= 0")
         if value > MAX_BUCKET_VALUE:
             raise ConfigError(f"{name}: {label} is {value}; sizes must be at most 2**53 ({MAX_BUCKET_VALUE})")
-    if step < 1:
-        raise ConfigError(f"{name}: step is {step}; use a step of at least 1")
     if bmin > bmax:
         raise ConfigError(f"{name}: min {bmin} is greater than max {bmax}; lower min or raise max")
 

@@ -38,6 +38,10 @@ def max_capture_size(
     """vLLM's default ``max_cudagraph_capture_size`` (vllm-ascend's with ``ascend=True``)."""
     _positive("max_num_seqs", max_num_seqs)
     _positive("max_num_batched_tokens", max_num_batched_tokens)
+    if isinstance(num_speculative_tokens, bool) or not isinstance(num_speculative_tokens, int) or (
+        num_speculative_tokens < 0
+    ):
+        raise ConfigError(f"num_speculative_tokens is {num_speculative_tokens!r}; give 0 or more")
     factor = 1 if ascend else 2
     return min(max_num_batched_tokens, min(max_num_seqs * (1 + num_speculative_tokens) * factor, 512))
 

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from warmgraph.bucketing.buckets import BucketSet, work_many
+from warmgraph.bucketing.limits import MAX_BUCKET_VALUE
 from warmgraph.errors import ConfigError
 
 # The most buckets ``fit`` will try when meeting a ``max_waste`` target in 2+ dimensions.
@@ -143,6 +144,9 @@ def _groups(
         raise ConfigError(f"step is {step}; give a step >= 1")
     if max_value < 1:
         raise ConfigError(f"max_value is {max_value}; give a max_value >= 1")
+    if max_value > MAX_BUCKET_VALUE or step > MAX_BUCKET_VALUE:
+        which, value = ("max_value", max_value) if max_value > MAX_BUCKET_VALUE else ("step", step)
+        raise ConfigError(f"{which} is {value}; sizes must be at most 2**53 ({MAX_BUCKET_VALUE})")
     vals = _int_array(values, "values").ravel()
     w = _weight_array(weights, vals.size)
     if candidates is None:
@@ -197,6 +201,12 @@ def fit_1d(
     _check_budget(max_buckets, max_waste)
     c, gw, real = _groups(values, step, max_value, weights, candidates)
     m = c.size
+    if max_buckets is not None and max_buckets >= m:
+        # Every candidate a bucket is the optimum (what m layers of the DP end with): each
+        # split lowers the work, except a 0 bucket below a 1 bucket (both cost 1), which the
+        # DP does not take. Skipping the m layers saves O(m^2 log m) for a generous budget.
+        every = [int(v) for v in c]
+        return every[1:] if m > 1 and every[0] == 0 and every[1] == 1 else every
     layers = _Layers(c, gw)
     if max_buckets is not None:
         for _ in range(min(max_buckets, m) - 1):
@@ -390,6 +400,8 @@ def fit(
     for name, given in (("steps", step_l), ("maxes", max_l)):
         if min(given) < 1:
             raise ConfigError(f"{name} {given} has a value < 1; give values >= 1")
+        if max(given) > MAX_BUCKET_VALUE:
+            raise ConfigError(f"{name} {given} has a value above 2**53; sizes must be at most {MAX_BUCKET_VALUE}")
     arr = _int_array(arr, "shapes")
     w = _weight_array(weights, len(arr)).astype(np.float64)
     step_a, max_a = np.array(step_l, dtype=np.int64), np.array(max_l, dtype=np.int64)

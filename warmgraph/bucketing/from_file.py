@@ -182,11 +182,17 @@ def write_yaml(path: str | os.PathLike[str], buckets: BucketSet, meta: dict[str,
     target = Path(path)
     if target.parent and not target.parent.exists():
         raise BucketFileError(f"cannot write {target}: directory {target.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+    except OSError as exc:
+        raise BucketFileError(f"cannot write {target} ({exc.strerror or exc}); choose a writable directory") from None
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             yaml.safe_dump(doc, fh, sort_keys=False, default_flow_style=None)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            why = exc.strerror or exc
+            raise BucketFileError(f"cannot write {target} ({why}); check the path and free space") from None
         raise

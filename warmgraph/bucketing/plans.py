@@ -150,6 +150,11 @@ def _linear_cfgs(c: ServingConfig, env: EnvReader, prompt: bool) -> dict[str, li
     if prompt:
         bs = env.range_cfg("prompt", "bs", [1, 1, c.max_num_prefill_seqs])
         query = env.range_cfg("prompt", "query", [c.block_size, c.block_size, c.max_num_batched_tokens])
+        if c.max_model_len < query[0]:  # vllm-gaudi fails an assert here
+            raise ConfigError(
+                f"linear plan: max_model_len {c.max_model_len} is below the smallest prompt query length "
+                f"{query[0]}; raise --max-model-len, or lower --block-size or VLLM_PROMPT_QUERY_BUCKET_MIN"
+            )
         max_ctx = (c.max_model_len - query[0]) // c.block_size
         ctx = env.range_cfg("prompt", "ctx", [0, 1, max_ctx])
         return {"batch": bs, "query_len": query, "ctx_blocks": ctx}

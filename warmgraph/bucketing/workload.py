@@ -57,6 +57,8 @@ def read_trace(path: str | Path, columns: str | Sequence[str]) -> np.ndarray:
     ext = p.suffix.lower()
     if not p.exists():
         raise TraceError(f"trace file {p} does not exist; check the path (relative to {Path.cwd()})")
+    if p.is_dir():
+        raise TraceError(f"trace file {p} is a directory and cannot be read as a trace; give a .csv or .jsonl file")
     if ext not in SUPPORTED_EXTENSIONS:
         raise TraceError(
             f"trace file {p} has unsupported extension {p.suffix!r}; "

@@ -8,10 +8,16 @@ from typing import Any
 import click
 
 from warmgraph.bucketing.buckets import BucketSet
-from warmgraph.bucketing.capture_sizes import default_capture_sizes, fit_graph_budget, max_capture_size, padding_of
-from warmgraph.bucketing.plans import ServingConfig, plan_buckets
-from warmgraph.bucketing.strategies import RangeSpec, build
-from warmgraph.cli.output import emit_json, pct, table, wrap_values
+from warmgraph.bucketing.capture_sizes import (
+    ASCEND_LEGACY_GRAPH_BUDGET,
+    default_capture_sizes,
+    fit_graph_budget,
+    max_capture_size,
+    padding_of,
+)
+from warmgraph.bucketing.plans import STRATEGIES, ServingConfig, plan_buckets
+from warmgraph.bucketing.strategies import RANGE_STRATEGIES, RangeSpec, build
+from warmgraph.cli.output import default_of, emit_json, pct, table, wrap_values
 from warmgraph.cli.simulate import simulate
 from warmgraph.errors import ConfigError
 
@@ -27,13 +33,15 @@ buckets.add_command(simulate)
 
 
 @buckets.command("range")
-@click.argument("strategy", type=click.Choice(["exponential", "linear", "padding_aware"]))
+@click.argument("strategy", type=click.Choice(RANGE_STRATEGIES))
 @click.option("--min", "bmin", type=int, required=True, help="Smallest bucket (0 or 1 adds that bucket).")
 @click.option("--step", type=int, required=True, help="Buckets are multiples of this.")
 @click.option("--max", "bmax", type=int, required=True, help="Largest bucket.")
 @click.option("--limit", type=int, help="exponential: number of geometric points.")
-@click.option("--pad-max", type=int, default=0, show_default=True, help="padding_aware: padding limit (0 = max).")
-@click.option("--pad-percent", type=float, default=25, show_default=True, help="padding_aware: relative limit, 0-50.")
+@click.option("--pad-max", type=int, default=default_of(RangeSpec, "pad_max"), show_default=True,
+              help="padding_aware: padding limit (0 = max).")
+@click.option("--pad-percent", type=float, default=default_of(RangeSpec, "pad_percent"), show_default=True,
+              help="padding_aware: relative limit, 0-50.")
 @JSON
 def range_cmd(
     strategy: str, bmin: int, step: int, bmax: int, limit: int | None, pad_max: int, pad_percent: float, as_json: bool
@@ -61,7 +69,8 @@ def _serving_options(f: Any) -> Any:
             default=None,
             help="Most prompts per prefill [VLLM_PROMPT_BS_BUCKET_MAX or 1].",
         ),
-        click.option("--block-size", type=int, default=128, show_default=True, help="Tokens per KV block."),
+        click.option("--block-size", type=int, default=default_of(ServingConfig, "block_size"), show_default=True,
+                     help="Tokens per KV block."),
         click.option("--max-num-batched-tokens", type=int, required=True, help="Token budget of one step."),
         click.option("--max-model-len", type=int, required=True, help="Longest sequence, prompt plus output."),
         click.option("--num-blocks", type=int, required=True, help="KV-cache blocks allocated."),
@@ -82,7 +91,7 @@ def _group_by_prefix(bucket_set: BucketSet) -> list[tuple[tuple[int, ...], list[
 @buckets.command("plan")
 @click.option(
     "--strategy",
-    type=click.Choice(["exponential", "linear", "padding_aware", "file"]),
+    type=click.Choice(STRATEGIES),
     default=None,
     help="[VLLM_BUCKETING_STRATEGY, else exponential]",
 )
@@ -95,6 +104,11 @@ def plan_cmd(strategy: str | None, bucket_file: str | None, as_json: bool, **lim
     Example: warmgraph buckets plan --max-num-seqs 256 --max-num-batched-tokens 8192
     --max-model-len 32768 --num-blocks 4127
     """
+    if bucket_file is not None:
+        if strategy is None:
+            strategy = "file"  # a bucket file says which strategy is meant
+        elif strategy != "file":
+            raise click.UsageError(f"--file is used only with --strategy file, not --strategy {strategy}")
     plan = plan_buckets(ServingConfig(**limits), strategy, bucket_file)
     if as_json:
         emit_json(plan.to_dict())
@@ -127,7 +141,8 @@ def plan_cmd(strategy: str | None, bucket_file: str | None, as_json: bool, **lim
 @buckets.command("fit")
 @click.option("--trace", required=True, help="CSV or JSONL trace.")
 @click.option("--column", default="ContextTokens", show_default=True, help="Column of lengths to fit.")
-@click.option("--step", type=int, default=128, show_default=True, help="Buckets are multiples of this.")
+@click.option("--step", type=int, default=default_of(RangeSpec, "step"), show_default=True,
+              help="Buckets are multiples of this.")
 @click.option("--max", "bmax", type=int, required=True, help="Largest bucket (always included).")
 @click.option("--max-buckets", type=int, help="Bucket budget.")
 @click.option("--max-waste", type=float, help="Instead of a budget: the fewest buckets with at most this waste.")
@@ -183,7 +198,8 @@ def fit_cmd(
 @click.option("--num-speculative-tokens", type=int, default=0, show_default=True)
 @click.option("--ascend", is_flag=True, help="vllm-ascend's default maximum (no x2).")
 @click.option("--num-layers", type=int, help="Graph budget mode: each size costs num_layers + 1 graphs.")
-@click.option("--graph-budget", type=int, default=1800, show_default=True, help="Most graphs the device holds.")
+@click.option("--graph-budget", type=int, default=ASCEND_LEGACY_GRAPH_BUDGET, show_default=True,
+              help="Most graphs the device holds.")
 @click.option("--trace", help="Batch sizes seen in serving: keep the sizes that pad them least.")
 @click.option("--column", default="batch", show_default=True, help="Column of batch sizes in --trace.")
 @JSON
@@ -192,6 +208,8 @@ def capture_cmd(
     num_layers: int | None, graph_budget: int, trace: str | None, column: str, as_json: bool,
 ) -> None:
     """Graph capture sizes: vLLM's defaults, optionally cut to a graph budget (vllm-ascend)."""
+    if trace is not None and num_layers is None:
+        raise click.UsageError("--trace chooses sizes under a graph budget; give --num-layers N with it")
     sizes = default_capture_sizes(max_num_seqs, max_num_batched_tokens, num_speculative_tokens, ascend=ascend)
     top = max_capture_size(max_num_seqs, max_num_batched_tokens, num_speculative_tokens, ascend=ascend)
     result: dict[str, Any] = {"max_capture_size": top, "sizes": sizes}

@@ -104,6 +104,13 @@ def _open(root: Path | None) -> GraphCache:
     return cache
 
 
+def _key(key: str) -> str:
+    """A KEY argument, lower-cased; an empty one is refused rather than read as 'any key'."""
+    if not key.strip():
+        raise click.UsageError("KEY is empty; give a key or a unique prefix, as 'warmgraph cache ls' lists them")
+    return key.strip().lower()
+
+
 def _removed(cache: GraphCache, keys: list[str], sizes: dict[str, int], as_json: bool, what: str) -> None:
     freed = sum(sizes.get(k, 0) for k in keys)
     if as_json:
@@ -180,7 +187,7 @@ def _pretty(value: Any, indent: int = 2) -> list[str]:
 def show_cmd(key: str, root: Path | None, as_json: bool) -> None:
     """One entry's key factors and files; KEY may be a unique prefix."""
     store = _open(root)
-    entry = store.get(key.lower())
+    entry = store.get(_key(key))
     usage = entry.usage()
     if as_json:
         emit_json({"root": str(store.root), "path": str(entry.path), "manifest": entry.manifest, "usage": usage})
@@ -283,7 +290,7 @@ def prune_cmd(older_than: float | None, keep_last: int | None, max_size: int | N
 def rm_cmd(key: str, root: Path | None, as_json: bool) -> None:
     """Remove one entry; KEY may be a unique prefix."""
     store = _open(root)
-    entry = store.get(key.lower())
+    entry = store.get(_key(key))
     with store.lock(entry.key):  # not while a writer of the same key is mid-store
         store.remove(entry)
     _removed(store, [entry.key], {entry.key: entry.size}, as_json, "rm")
@@ -334,6 +341,8 @@ def export_cmd(out: Path, graph_name: str | None, fingerprint: str | None, backe
 
     Example: warmgraph cache export --out graphs.tar.gz --backend aot
     """
+    if not out.parent.is_dir():
+        raise click.UsageError(f"--out {out}: directory {out.parent} does not exist; create it or choose another path")
     store = _open(root)
     keys = export_archive(store, out, graph_name=graph_name, fingerprint=fingerprint, backend=backend)
     size = out.stat().st_size

@@ -1,13 +1,26 @@
-"""Printing for the CLI: one JSON object for scripts, plain aligned tables for people."""
+"""Printing for the CLI: one JSON object for scripts, plain aligned tables for people.
+
+Also ``default_of``: option defaults are read from the config dataclasses, so the CLI and
+the Python API cannot drift apart.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Sequence
 from typing import Any
 
 import click
+
+
+def default_of(cls: type, name: str) -> Any:
+    """The default of dataclass field ``name`` (an option's default, shown by ``--help``)."""
+    field = {f.name: f for f in dataclasses.fields(cls)}[name]
+    if field.default is dataclasses.MISSING:
+        raise TypeError(f"{cls.__name__}.{name} has no default")
+    return field.default
 
 
 def emit_json(obj: dict[str, Any]) -> None:

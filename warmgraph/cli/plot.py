@@ -4,9 +4,26 @@ and which buckets waste the most padding."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from warmgraph.errors import ConfigError
+
+
+def check_plot_path(path: str | os.PathLike[str]) -> None:
+    """Refuse, before any work, a plot path matplotlib cannot write: an unknown image type
+    (it would fail only after the simulation) or a directory that does not exist."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    p = Path(path)
+    kinds = FigureCanvasBase.get_supported_filetypes()
+    if p.suffix.lower().lstrip(".") not in kinds:
+        raise ConfigError(f"--plot {p}: {p.suffix or 'no extension'} is not an image type; "
+                          f"name a .png file (or one of: {', '.join('.' + k for k in sorted(kinds))})")
+    if not p.parent.is_dir():
+        raise ConfigError(f"--plot {p}: directory {p.parent} does not exist; create it or choose another path")
 
 
 def plot_results(path: str | os.PathLike[str], results: list[dict[str, Any]], values: np.ndarray | None,

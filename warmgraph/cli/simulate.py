@@ -14,8 +14,9 @@ import click
 import numpy as np
 
 from warmgraph.bucketing.buckets import BucketSet
+from warmgraph.bucketing.plans import ServingConfig
 from warmgraph.bucketing.strategies import NAMES, RangeSpec, at_count, build
-from warmgraph.cli.output import emit_json, pct, table
+from warmgraph.cli.output import default_of, emit_json, pct, table
 from warmgraph.errors import ConfigError
 
 
@@ -48,7 +49,7 @@ def _decode_results(
     generated: np.ndarray, max_buckets: int | None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     from warmgraph.bucketing.fitted import fit
-    from warmgraph.bucketing.plans import ServingConfig, plan_buckets
+    from warmgraph.bucketing.plans import plan_buckets
     from warmgraph.bucketing.workload import simulate_decode
 
     config = ServingConfig(**limits)
@@ -67,7 +68,7 @@ def _decode_results(
         plan_count = plan_count or len(two_d)
         results.append(_result(name, {"plan": name}, two_d, sim.shapes))
     if "fitted" in [strategy, *compare]:
-        budget = max_buckets or plan_count
+        budget = max_buckets if max_buckets is not None else plan_count
         if budget is None:
             raise ConfigError("fitted decode buckets need a budget: pass --max-buckets N")
         max_blocks = int(sim.shapes[:, 1].max())
@@ -83,18 +84,19 @@ def _decode_results(
 @click.option("--column", default="ContextTokens", show_default=True, help="Lengths column (comma list: N-D shapes).")
 @click.option("--strategy", type=click.Choice(NAMES), default="exponential", show_default=True)
 @click.option("--min", "bmin", type=int, help="Smallest bucket [step].")
-@click.option("--step", type=int, default=128, show_default=True)
+@click.option("--step", type=int, default=default_of(RangeSpec, "step"), show_default=True)
 @click.option("--max", "bmax", type=int, help="Largest bucket [trace maximum rounded up to step].")
 @click.option("--limit", type=int, help="exponential: geometric points; fitted: bucket budget.")
 @click.option("--max-buckets", type=int, help="fitted: bucket budget (same as --limit).")
-@click.option("--pad-max", type=int, default=0, show_default=True)
-@click.option("--pad-percent", type=float, default=25, show_default=True)
+@click.option("--pad-max", type=int, default=default_of(RangeSpec, "pad_max"), show_default=True)
+@click.option("--pad-percent", type=float, default=default_of(RangeSpec, "pad_percent"), show_default=True)
 @click.option("--file", "bucket_file", help="Bucket file for --strategy file.")
 @click.option("--compare", default="", help="Comma list of strategies to judge at the same bucket count.")
 @click.option("--decode", is_flag=True, help="Simulate continuous batching; judge decode (batch, blocks) buckets.")
 @click.option("--generated-column", default="GeneratedTokens", show_default=True, help="--decode: output lengths.")
 @click.option("--max-num-seqs", type=int, default=256, show_default=True, help="--decode: batch slots.")
-@click.option("--block-size", type=int, default=128, show_default=True, help="--decode: tokens per KV block.")
+@click.option("--block-size", type=int, default=default_of(ServingConfig, "block_size"), show_default=True,
+              help="--decode: tokens per KV block.")
 @click.option("--max-model-len", type=int, default=16384, show_default=True, help="--decode: longest sequence.")
 @click.option("--max-num-batched-tokens", type=int, default=8192, show_default=True, help="--decode: step budget.")
 @click.option("--num-blocks", type=int, default=16384, show_default=True, help="--decode: KV blocks allocated.")
@@ -117,6 +119,11 @@ def simulate(
     unknown = [c for c in compared if c not in NAMES]
     if unknown:
         raise ConfigError(f"--compare names unknown strategies {unknown}; use: {', '.join(NAMES)}")
+    _check_options(strategy, compared, step, limit, max_buckets, bucket_file)
+    if plot:
+        from warmgraph.cli.plot import check_plot_path
+
+        check_plot_path(plot)
     if decode:
         context, generated = read_requests(trace, column, generated_column)
         limits = {"max_num_seqs": max_num_seqs, "block_size": block_size, "max_model_len": max_model_len,
@@ -130,8 +137,9 @@ def simulate(
         shapes = read_trace(trace, columns[0])
         if bmax is None:
             bmax = int(-(-int(shapes.max()) // step) * step) if len(shapes) else step
-        spec = RangeSpec(strategy, step=step, max=bmax, min=bmin, limit=max_buckets or limit,
-                         pad_max=pad_max, pad_percent=pad_percent, file=bucket_file)
+        budget = max_buckets if max_buckets is not None else limit
+        spec = RangeSpec(strategy, step=step, max=bmax, min=bmin, limit=budget, pad_max=pad_max,
+                         pad_percent=pad_percent, file=bucket_file)
         results = _prompt_results(spec, compared, shapes)
         info = {}
     if plot:
@@ -142,6 +150,18 @@ def simulate(
         emit_json({**results[0], **info, "compare": results[1:] if compared else [], "plot": plot})
         return
     _print(results, info, plot, decode)
+
+
+def _check_options(strategy: str, compared: list[str], step: int, limit: int | None, max_buckets: int | None,
+                   bucket_file: str | None) -> None:
+    """Mistakes to refuse before the trace is read."""
+    if step < 1:
+        raise click.UsageError(f"--step is {step}; give a step of at least 1")
+    for flag, value in (("--limit", limit), ("--max-buckets", max_buckets)):
+        if value is not None and value < 1:
+            raise click.UsageError(f"{flag} is {value}; give at least 1")
+    if bucket_file is not None and "file" not in (strategy, *compared):
+        raise click.UsageError(f"--file {bucket_file} is used only with --strategy file or --compare file")
 
 
 def _print(results: list[dict[str, Any]], info: dict[str, Any], plot: str | None, decode: bool) -> None:
