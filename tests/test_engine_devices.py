@@ -1,0 +1,101 @@
+"""The whole engine over each fake device (CUDA graphs, ACL graphs, HPU graphs): tokens equal to the
+plain CPU engine on a mixed workload, zero eager fallbacks, one capture per bucket over state that is
+never copied, and host work refused.
+
+The fakes record only device work (``tests/fake_devices.py``), so an engine that left its model, KV
+cache or step inputs in host memory, copied state into buffers, or padded with the wrong fill value
+(padded slots must point at the scratch block) gives wrong tokens or an error here.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fake_devices import FakeCudaModule, FakeHpuModule, FakeNpuModule
+
+from warmgraph.compiler.devices import CudaGraphAPI, HpuGraphAPI, NpuGraphAPI
+from warmgraph.compiler.registry import get_backend
+from warmgraph.engine import Engine, EngineConfig, SamplingParams, serving_limits
+from warmgraph.errors import ConfigError
+from warmgraph.models.loader import load_checkpoint
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+DEVICES = {
+    "cuda_graph": (CudaGraphAPI, FakeCudaModule),
+    "acl_graph": (NpuGraphAPI, FakeNpuModule),
+    "hpu_graph": (HpuGraphAPI, FakeHpuModule),
+}
+MIXED = serving_limits(max_num_seqs=2, max_num_batched_tokens=64, max_model_len=64, block_size=32,
+                       max_num_prefill_seqs=2)
+PROMPTS = ["hello", "the cat watches the river", "a small dog finds three apples", "x", "the red fox and the old "
+           "engineer build a wooden box"]
+
+
+@pytest.fixture(scope="module")
+def reference(default_ckpt: Path) -> list[list[int]]:
+    model, tokenizer, _ = load_checkpoint(default_ckpt)
+    engine = Engine(model, tokenizer, EngineConfig(backend="eager", device="cpu", cache=None, serving=MIXED))
+    out = engine.generate(PROMPTS, SamplingParams(max_tokens=8))
+    return [c["token_ids"] for c in out["completions"]]
+
+
+def _step_buffer_bytes(engine: Engine) -> int:
+    """One largest-bucket set of each phase's step inputs (all int64), and nothing for the state."""
+    total = 0
+    for phase in engine.phases.values():
+        layout, buckets = phase.step.layout, phase.step.buckets
+        for spec in layout.args:
+            if spec.kind == "bucketed":
+                sizes = []
+                for b in buckets:
+                    shape = list(spec.shape)
+                    for d, axis in spec.bucketed:
+                        shape[d] = b[axis]
+                    sizes.append(math.prod(shape))
+                total += max(sizes) * spec.dtype.itemsize
+    return total
+
+
+@pytest.mark.parametrize("name", list(DEVICES))
+def test_engine_over_a_fake_device_equals_the_cpu_engine(default_ckpt: Path, reference: list[list[int]],
+                                                         name: str) -> None:
+    api_cls, fake_cls = DEVICES[name]
+    fake = fake_cls()
+    backend = get_backend(name, api=api_cls(fake, device_type=fake.device_type), inner="eager", debug=True)
+    with fake.placement():
+        model, tokenizer, _ = load_checkpoint(default_ckpt)
+        engine = Engine(model, tokenizer, EngineConfig(backend=backend, device="cpu", cache=None, serving=MIXED))
+        assert all(fake.is_device_tensor(t) for t in engine.state)  # model, tables and KV cache on the device
+        report = engine.warmup()
+        graphs = len(engine.plan.prompt) + len(engine.plan.decode)
+        assert report.captured == graphs and engine.counter("captures") == graphs
+        out = engine.generate(PROMPTS, SamplingParams(max_tokens=8))
+    assert [c["token_ids"] for c in out["completions"]] == reference
+    stats = out["stats"]
+    assert stats["eager_fallbacks"] == 0 and stats["graph_replays"] == fake.count("replay") > 0
+    assert any(kind == "prefill" and len(members) == 2 for kind, members in engine.last_schedule)
+    assert report.buffer_bytes == _step_buffer_bytes(engine) < 4096  # state (weights, KV cache) costs nothing
+    assert all(e.device_bytes is not None for e in report.entries)
+
+
+def test_host_memory_in_a_capture_is_refused(default_ckpt: Path) -> None:
+    fake = FakeCudaModule()
+    backend = get_backend("cuda_graph", api=CudaGraphAPI(fake, device_type=fake.device_type), inner="eager")
+    model, tokenizer, _ = load_checkpoint(default_ckpt)  # no placement: everything stays in host memory
+    engine = Engine(model, tokenizer, EngineConfig(backend=backend, device="cpu", cache=None, serving=MIXED))
+    with pytest.raises(RuntimeError, match="host memory"):
+        engine.warmup()
+
+
+def test_a_capture_backend_for_another_device_is_refused(default_ckpt: Path) -> None:
+    fake: Any = FakeCudaModule()
+    backend = get_backend("cuda_graph", api=CudaGraphAPI(fake))  # captures cuda work, as on hardware
+    model, tokenizer, _ = load_checkpoint(default_ckpt)
+    with pytest.raises(ConfigError, match="captures cuda work, but the engine runs on cpu; use --device cuda"):
+        Engine(model, tokenizer, EngineConfig(backend=backend, device="cpu", cache=None, serving=MIXED))
+    assert torch.cuda.is_available() or fake.count("capture_begin") == 0
