@@ -38,16 +38,16 @@ def decode_rates(cache: str) -> dict[str, dict[str, float]]:
     """Decode tokens/s at batch 1 and 8 for eager and aot (aot graphs loaded from ``cache``)."""
     import torch
 
+    from warmgraph.engine import Engine, EngineConfig, SamplingParams, serving_limits
     from warmgraph.models.default import ensure_default_model
     from warmgraph.models.loader import load_checkpoint
-    from warmgraph.runtime.engine import Engine, EngineConfig, SamplingParams
 
     torch.set_num_threads(1)  # tiny matmuls: extra threads only add barriers, for both backends alike
     model, tokenizer, _ = load_checkpoint(ensure_default_model())
     rates: dict[str, dict[str, float]] = {}
     for backend in ("eager", "aot"):
-        engine = Engine(model, tokenizer, EngineConfig(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=256,
-                                                       block_size=32, backend=backend, cache=cache))
+        limits = serving_limits(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=256, block_size=32)
+        engine = Engine(model, tokenizer, EngineConfig(serving=limits, backend=backend, cache=cache))
         engine.warmup()
         rates[backend] = {}
         for batch in (1, 8):

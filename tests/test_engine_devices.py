@@ -99,3 +99,18 @@ def test_a_capture_backend_for_another_device_is_refused(default_ckpt: Path) -> 
     with pytest.raises(ConfigError, match="captures cuda work, but the engine runs on cpu; use --device cuda"):
         Engine(model, tokenizer, EngineConfig(backend=backend, device="cpu", cache=None, serving=MIXED))
     assert torch.cuda.is_available() or fake.count("capture_begin") == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["cuda_graph:eager", "cuda_graph:aot"])
+def test_engine_on_real_cuda_equals_eager(default_ckpt: Path, backend: str, tmp_path: Path) -> None:
+    model, tokenizer, _ = load_checkpoint(default_ckpt)
+    eager = Engine(model, tokenizer, EngineConfig(backend="eager", device="cuda", cache=None, serving=MIXED))
+    reference = [c["token_ids"] for c in eager.generate(PROMPTS, SamplingParams(max_tokens=8))["completions"]]
+    engine = Engine(model, tokenizer, EngineConfig(backend=backend, device="cuda", cache=tmp_path, serving=MIXED))
+    assert engine.state[0].is_cuda and engine.kv[0][0].is_cuda
+    report = engine.warmup()
+    assert report.captured == len(engine.plan.prompt) + len(engine.plan.decode)
+    out = engine.generate(PROMPTS, SamplingParams(max_tokens=8))
+    assert out["stats"]["eager_fallbacks"] == 0
+    assert [c["token_ids"] for c in out["completions"]] == reference
