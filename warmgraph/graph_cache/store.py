@@ -20,7 +20,6 @@ removed), never a crash and never wrong output.
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from typing import Any
 from filelock import FileLock
 
 from warmgraph.errors import CacheError, CacheSecurityError, CacheWriteError, ConfigError
+from warmgraph.graph_cache.files import check_private, fsync_dir, pid_alive, sha256_file
 from warmgraph.graph_cache.key import FORMAT_VERSION, CacheKey
 
 log = logging.getLogger("warmgraph")
@@ -53,14 +53,6 @@ def default_root() -> Path:
     if os.environ.get("XDG_CACHE_HOME"):
         return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "warmgraph"
     return Path.home() / ".cache" / "warmgraph"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -83,46 +75,6 @@ class Entry:
             return json.loads((self.path / USAGE).read_text())
         except (OSError, ValueError):
             return {"last_used": self.manifest.get("created", 0), "hits": 0}
-
-
-def _check_private(path: Path, what: str) -> None:
-    """Owned by this user and writable by nobody else, or CacheSecurityError with the fix."""
-    st = path.lstat()
-    if stat.S_ISLNK(st.st_mode):
-        raise CacheSecurityError(f"{what} {path} is a symbolic link; warmgraph loads native code only from real "
-                                 "directories it owns. Point WARMGRAPH_CACHE_DIR at the real path")
-    if hasattr(os, "getuid") and st.st_uid != os.getuid():
-        raise CacheSecurityError(f"{what} {path} is owned by uid {st.st_uid}, not by you (uid {os.getuid()}); "
-                                 f"use a cache directory you own (set WARMGRAPH_CACHE_DIR) or chown it")
-    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        raise CacheSecurityError(f"{what} {path} is writable by group or others, so anyone could plant code "
-                                 f"in it; run: chmod go-w {path}")
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new file in ``path`` durable (best effort: some filesystems refuse)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (killed, not yet reaped) answers kill(0) but will never finish its write
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 class GraphCache:
@@ -155,9 +107,9 @@ class GraphCache:
         except OSError as exc:
             raise CacheWriteError(f"cannot create cache directory {self.root}: {exc.strerror}; "
                                   "set WARMGRAPH_CACHE_DIR to a writable place") from None
-        _check_private(self.root, "cache root")
+        check_private(self.root, "cache root")
         for sub in ("entries", "tmp", "locks"):
-            _check_private(self.root / sub, "cache directory")
+            check_private(self.root / sub, "cache directory")
         self._ready = True
         self.sweep()
 
@@ -184,7 +136,7 @@ class GraphCache:
 
     def check(self, entry: Entry, full: bool = True) -> None:
         """Raise CacheError unless every file is present, private, the right size and (``full``) checksum."""
-        _check_private(entry.path, "cache entry")
+        check_private(entry.path, "cache entry")
         for name, meta in entry.manifest["files"].items():
             if "/" in name or name in ("", ".", "..", MANIFEST, USAGE):
                 raise CacheError(f"entry {entry.key[:12]}: manifest names an invalid file {name!r}")
@@ -305,7 +257,7 @@ class GraphCache:
         for leftover in tmp_root.iterdir() if tmp_root.is_dir() else ():
             parts = leftover.name.split(".")
             pid = int(parts[1]) if len(parts) >= 3 and parts[1].isdigit() else -1
-            if pid != os.getpid() and (pid < 0 or not _pid_alive(pid)):
+            if pid != os.getpid() and (pid < 0 or not pid_alive(pid)):
                 shutil.rmtree(leftover, ignore_errors=True)
                 removed += 1
         return removed
