@@ -21,6 +21,7 @@ import pytest
 
 from warmgraph.errors import CacheError, CacheWriteError
 from warmgraph.graph_cache import archive as archive_mod
+from warmgraph.graph_cache import archive_import as import_mod
 from warmgraph.graph_cache.archive import INDEX, export_archive, import_archive
 from warmgraph.graph_cache.key import CacheKey, make_key
 from warmgraph.graph_cache.store import GraphCache
@@ -228,7 +229,7 @@ def test_export_to_a_missing_directory(source: tuple[GraphCache, dict[str, str]]
 def test_import_enospc_leaves_nothing(good_archive: Path, target: GraphCache,
                                       monkeypatch: pytest.MonkeyPatch) -> None:
     before = snapshot(target.root)
-    real = archive_mod._write_file
+    real = import_mod._write_file
     calls = []
 
     def write_then_fill_disk(src: object, dest: Path) -> str:
@@ -237,7 +238,7 @@ def test_import_enospc_leaves_nothing(good_archive: Path, target: GraphCache,
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(src, dest)
 
-    monkeypatch.setattr(archive_mod, "_write_file", write_then_fill_disk)
+    monkeypatch.setattr(import_mod, "_write_file", write_then_fill_disk)
     with pytest.raises(CacheWriteError, match="no space left on device; nothing was imported"):
         import_archive(target, good_archive)
     assert snapshot(target.root) == before
