@@ -724,8 +724,12 @@ class FakeHpuModule(_FakeRuntime):
                 with self.stream(self.default):
                     graph = self.HPUGraph()
                     graph.capture_begin(dry_run=dry_run or disable_tensor_cache)
-                    outputs = original(*args, **kwargs)
-                    graph.capture_end()
+                    try:
+                        outputs = original(*args, **kwargs)
+                    finally:
+                        # The bridge leaves the capture open when forward raises; the fake closes it
+                        # so that one failing test cannot leave its recorder running for the next.
+                        graph.capture_end()
                     if graph.dry_run:
                         graph.replay(asynchronous)
                 cache[h] = (inputs, outputs, graph)
