@@ -1,21 +1,29 @@
 """The three vllm-gaudi range strategies against vllm-gaudi's own published examples.
 
 Expected lists come from vllm-gaudi's unit tests and docstrings, and from running its HEAD
-code (shared/docs/upstream/vllm-gaudi.md §1.3-1.5, §2.1).
+code (shared/docs/upstream/vllm-gaudi.md §1.3-1.5, §2.1). Upstream's loops are kept below as
+references: warmgraph's faster versions must give the same values. Then the caps of
+``bucketing.limits`` and the equal-count search of ``strategies.at_count``.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import time
+from dataclasses import replace
 
+import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from warmgraph.bucketing.exponential import exponential_range
+from warmgraph.bucketing.fitted import _groups, _Layers, fit_1d
+from warmgraph.bucketing.limits import MAX_RANGE_VALUES, TooManyBucketsError
 from warmgraph.bucketing.linear import linear_range
 from warmgraph.bucketing.padding_aware import padding_aware_range
+from warmgraph.bucketing.strategies import RangeSpec, at_count, build
 from warmgraph.errors import ConfigError
 
 
@@ -131,3 +139,173 @@ def test_linear_values_are_step_multiples_after_ramp() -> None:
 def test_exponential_tiny_max_has_no_duplicates() -> None:
     assert exponential_range(0, 1, 0, 2) == [0]
     assert exponential_range(0, 4, 1, 3) == [0, 1]
+
+
+# -- upstream's loops, kept as references for the faster versions -----------------------------
+
+
+def upstream_padding_aware(bmin: int, step: int, bmax: int, pad_max: int, pad_percent: float) -> list[int]:
+    """vllm-gaudi's walk over every multiple of step (warmup_range_with_limits), verbatim."""
+    if pad_max == 0:
+        pad_max = bmax
+    if pad_max == 0:
+        return [0]
+    out = [bmin]
+    current = bmin
+    while current <= bmax:
+        last = out[-1]
+        if current <= step:
+            nxt = last * 2 or 1
+            if nxt <= bmax:
+                out.append(nxt)
+        else:
+            nxt = current + step
+            max_padding = nxt - last - 1
+            keep = max_padding / nxt > pad_percent / 100.0 or max_padding > pad_max or current % pad_max == 0
+            if keep and current != last:
+                out.append(current)
+        current = nxt
+    if out[-1] != bmax:
+        out.append(bmax)
+    return out
+
+
+def upstream_exponential(bmin: int, step: int, bmax: int, limit: int, contiguous_pa: bool = False) -> list[int]:
+    """vllm-gaudi's point-by-point loop (warmup_range_with_limit), verbatim."""
+    if limit == 1:
+        return [bmax]
+    start = step if bmin in (0, 1) else bmin
+    values = set()
+    for i in range(limit):
+        point = start * np.float_power(bmax / start, (1.0 / float(limit - 1)) * i)
+        values.add(bmax if i == limit - 1 and contiguous_pa else math.ceil(point / step) * step)
+    if bmin in (0, 1):
+        values.add(bmin)
+    out = sorted(values)
+    if out[-1] > bmax:
+        out[-1] = bmax
+    return sorted(set(out))
+
+
+def upstream_linear(bmin: int, step: int, bmax: int) -> list[int]:
+    """vllm-gaudi's warmup_range: ramp up by doubling, then every multiple of step, min and up."""
+    if bmin == 0 and bmax == 0:
+        return [0]
+    start = step if bmin == 0 else bmin
+    ramp = list(itertools.takewhile(lambda x: x < step and x <= bmax, itertools.accumulate(
+        itertools.repeat(2), lambda a, b: a * b, initial=start)))
+    out = {v for v in [*ramp, *range(step, bmax + 1, step)] if v >= start}
+    return sorted(out | ({0} if bmin == 0 else set()))
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    bmin=st.integers(0, 300),
+    step=st.integers(1, 130),
+    span=st.integers(0, 4000),
+    pad_max=st.one_of(st.just(0), st.integers(1, 8), st.integers(1, 5000)),
+    pct=st.one_of(st.sampled_from([0, 1, 10, 25, 50]), st.floats(0, 50)),
+)
+def test_padding_aware_jumps_land_where_upstream_walks(bmin: int, step: int, span: int, pad_max: int,
+                                                       pct: float) -> None:
+    assert padding_aware_range(bmin, step, bmin + span, pad_max, pct) == upstream_padding_aware(
+        bmin, step, bmin + span, pad_max, pct)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    bmin=st.integers(0, 3000),
+    step=st.integers(1, 300),
+    span=st.one_of(st.integers(0, 10**5), st.integers(0, 2**52)),
+    limit=st.integers(1, 300),
+    contiguous_pa=st.booleans(),
+)
+def test_exponential_in_one_pass_equals_upstream_loop(bmin: int, step: int, span: int, limit: int,
+                                                      contiguous_pa: bool) -> None:
+    bmax = bmin + span
+    assert exponential_range(bmin, step, bmax, limit, contiguous_pa=contiguous_pa) == upstream_exponential(
+        bmin, step, bmax, limit, contiguous_pa)
+
+
+@settings(max_examples=300, deadline=None)
+@given(bmin=st.integers(0, 400), step=st.integers(1, 200), span=st.integers(0, 5000))
+def test_linear_equals_upstream(bmin: int, step: int, span: int) -> None:
+    assert linear_range(bmin, step, bmin + span) == upstream_linear(bmin, step, bmin + span)
+
+
+# -- caps: refused at once, with the count, the cap and the fix ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fn", "args", "count", "fragment"),
+    [
+        (linear_range, (1, 1, 10**11), 10**11, "raise step or lower max"),
+        (linear_range, (0, 1, MAX_RANGE_VALUES), MAX_RANGE_VALUES + 1, "raise step or lower max"),
+        (exponential_range, (1, 1, 10**6, 10**8), 10**8, "lower limit"),
+        (padding_aware_range, (1, 1, 10**12, 0, 0), MAX_RANGE_VALUES + 1, "raise pad_percent or step"),
+    ],
+)
+def test_range_caps(fn, args, count: int, fragment: str) -> None:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    with pytest.raises(TooManyBucketsError, match=fragment) as info:
+        fn(*args)
+    assert time.perf_counter() - start < 2
+    assert (info.value.count, info.value.cap) == (count, MAX_RANGE_VALUES)
+    assert f"above the cap of {MAX_RANGE_VALUES:,} per dimension" in str(info.value)
+    assert isinstance(info.value, ConfigError)  # the CLI's one-line error
+
+
+def test_ranges_at_the_cap_are_fast_and_exact() -> None:
+    start = time.perf_counter()
+    assert len(linear_range(1, 1, MAX_RANGE_VALUES)) == MAX_RANGE_VALUES
+    assert len(exponential_range(1, 1, 10**9, MAX_RANGE_VALUES)) <= MAX_RANGE_VALUES + 1
+    assert len(padding_aware_range(1, 1, MAX_RANGE_VALUES, 0, 0)) == MAX_RANGE_VALUES
+    assert time.perf_counter() - start < 3
+
+
+def test_huge_max_with_few_values_is_fine() -> None:
+    # Only the values kept cost anything: a min near max, or padding_aware's sparse walk.
+    assert linear_range(10**11 - 5, 1, 10**11) == list(range(10**11 - 5, 10**11 + 1))
+    start = time.perf_counter()
+    values = padding_aware_range(1, 1, 10**12, 0, 25)
+    assert time.perf_counter() - start < 1
+    assert values[-1] == 10**12 and values == sorted(set(values)) and len(values) < 200
+    with pytest.raises(ConfigError, match=r"at most 2\*\*53"):
+        exponential_range(1, 1, 2**53 + 1, 3)
+
+
+# -- strategies compared at equal counts: the search stays small -----------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 12, 40, 100])
+@pytest.mark.parametrize(("base", "bmax"), [(128, 8192), (1, 14050), (16, 4000)])
+def test_linear_at_count_matches_the_full_search(n: int, base: int, bmax: int) -> None:
+    spec = RangeSpec("linear", step=base, max=bmax)
+    top = max(1, bmax // base)
+    counts = {k: len(build(replace(spec, step=base * k, min=base * k))) for k in range(1, top + 1)}
+    best = max(c for c in counts.values() if c <= n)
+    tuned, got = at_count(spec, n)
+    assert len(got) == best and tuned.step // base == min(k for k, c in counts.items() if c == best)
+
+
+@pytest.mark.parametrize(("strategy", "n"), [("linear", 10), ("linear", 10**6), ("exponential", 10**5),
+                                              ("padding_aware", 50)])
+def test_at_count_with_huge_ranges_is_quick(strategy: str, n: int) -> None:
+    start = time.perf_counter()
+    _, got = at_count(RangeSpec(strategy, step=1, max=10**9), n)
+    assert time.perf_counter() - start < 5
+    assert 1 <= len(got) <= min(n, MAX_RANGE_VALUES + 1)
+
+
+def test_fit_1d_with_a_budget_above_the_candidates_is_the_dp_answer() -> None:
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        values = rng.integers(0, int(rng.choice([4, 60, 2000])), size=int(rng.integers(1, 80)))
+        step, top = int(rng.choice([1, 3, 16])), int(rng.integers(1, 2500))
+        if not (values <= top).any():
+            continue
+        c, gw, _ = _groups(values, step, top, None, None)
+        layers = _Layers(c, gw)
+        for _ in range(c.size - 1):
+            layers.add()
+        assert fit_1d(values, step, top, max_buckets=c.size + 5) == layers.solution(c.size)
