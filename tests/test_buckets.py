@@ -93,6 +93,7 @@ def test_calc_fallback_value_matches_vllm_gaudi(n: int, step: int, expected: int
         ([(1, 2), (3,)], "dimensions"),
         ([(1, -2)], "negative"),
         ([(1, 2.5)], "non-integer"),
+        ([(1, 2**53 + 1)], r"above 2\*\*53"),
     ],
 )
 def test_bad_buckets(buckets: list, match: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,44 @@ def test_python_dash_m_and_console_script() -> None:
     proc = subprocess.run([sys.executable, "-m", "warmgraph", "buckets", "range", "linear", "--min", "9", "--step",
                            "4", "--max", "8"], capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+
+
+def test_choices_and_defaults_come_from_bucketing() -> None:
+    from warmgraph.bucketing.capture_sizes import ASCEND_LEGACY_GRAPH_BUDGET
+    from warmgraph.bucketing.plans import STRATEGIES, ServingConfig
+    from warmgraph.bucketing.strategies import NAMES, RANGE_STRATEGIES, RangeSpec
+    from warmgraph.cli.buckets import buckets
+
+    def param(command: str, name: str):  # type: ignore[no-untyped-def]
+        return next(p for p in buckets.commands[command].params if p.name == name)
+
+    assert tuple(param("range", "strategy").type.choices) == RANGE_STRATEGIES
+    assert tuple(param("plan", "strategy").type.choices) == STRATEGIES
+    assert tuple(param("simulate", "strategy").type.choices) == NAMES
+    assert param("plan", "block_size").default == ServingConfig.__dataclass_fields__["block_size"].default
+    assert param("simulate", "block_size").default == ServingConfig.__dataclass_fields__["block_size"].default
+    for command, name in (("range", "pad_max"), ("range", "pad_percent"), ("simulate", "step"), ("fit", "step")):
+        assert param(command, name).default == RangeSpec.__dataclass_fields__[name].default, (command, name)
+    assert param("capture", "graph_budget").default == ASCEND_LEGACY_GRAPH_BUDGET
+
+
+def test_plan_file_without_strategy_means_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    f = tmp_path / "b.txt"
+    f.write_text("(1, [128, 256], 0)\n(8, 1, [64, 128])\n")
+    data = run_json(capsys, "buckets", "plan", "--file", str(f), *PLAN)
+    assert data["strategy"] == "file" and data["prompt"] == [[1, 128, 0], [1, 256, 0]]
+
+
+def test_big_comparisons_and_budgets_stay_quick(capsys: pytest.CaptureFixture[str], conv_trace: Path) -> None:
+    # step 1 gives thousands of buckets: comparing at that count tried every exponential limit
+    # up to 2n (minutes); a fitted budget above the distinct lengths ran n layers of the DP.
+    start = time.perf_counter()
+    data = run_json(capsys, "buckets", "simulate", "--trace", str(conv_trace), "--strategy", "linear", "--step", "1",
+                    "--compare", "exponential,padding_aware,fitted")
+    assert data["num_buckets"] == 14050 and {r["strategy"] for r in data["compare"]} == {
+        "exponential", "padding_aware", "fitted"}
+    assert all(r["num_buckets"] <= 14050 for r in data["compare"])
+    fitted = run_json(capsys, "buckets", "fit", "--trace", str(conv_trace), "--step", "1", "--max", "20000",
+                      "--max-buckets", "100000")
+    assert fitted["padding_waste"] == 0.0
+    assert time.perf_counter() - start < 15

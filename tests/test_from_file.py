@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from warmgraph.bucketing import BucketSet
 from warmgraph.bucketing.from_file import load_buckets, load_phases, parse_gaudi_text, write_yaml
+from warmgraph.bucketing.limits import MAX_PLAN_BUCKETS, TooManyBucketsError
 from warmgraph.errors import BucketFileError
 
 # vllm-gaudi's sample file (extension/bucketing/bucketing_file.txt)
@@ -101,3 +102,37 @@ def test_missing_and_unwritable(tmp_path: Path) -> None:
     with pytest.raises(BucketFileError, match="does not exist"):
         write_yaml(tmp_path / "no" / "dir.yaml", BucketSet([1]))
     assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
+def test_directory_and_special_paths_are_named(tmp_path: Path) -> None:
+    with pytest.raises(BucketFileError, match="is a directory; give the path of a bucket file"):
+        load_buckets(tmp_path)
+    with pytest.raises(BucketFileError, match="is a directory"):
+        load_phases(tmp_path)
+    with pytest.raises(BucketFileError, match="is not a regular file"):
+        load_phases("/dev/null")
+
+
+def test_expansion_is_counted_before_it_is_made() -> None:
+    # A range is counted, not listed (range(10**30) used to fill memory); a line's product
+    # and the whole file are capped before itertools.product runs.
+    with pytest.raises(BucketFileError, match="at most 10000"):
+        parse_gaudi_text(f"(1, 1, range({10**30}))")
+    with pytest.raises(TooManyBucketsError, match="expands to 1,000,000,000 buckets") as info:
+        parse_gaudi_text("(range(1000), range(1000), range(1000))\n")
+    assert info.value.cap == MAX_PLAN_BUCKETS
+    line = "(range(500), range(500), 1)\n"  # 250,000 each: the second line crosses the cap
+    assert len(parse_gaudi_text(line)) == MAX_PLAN_BUCKETS
+    with pytest.raises(TooManyBucketsError, match="500,000 so far in the file"):
+        parse_gaudi_text(line * 2)
+
+
+def test_write_errors_are_bucket_file_errors(tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with pytest.raises(BucketFileError, match=f"cannot write {not_a_dir / 'b.yaml'}"):
+        write_yaml(not_a_dir / "b.yaml", BucketSet([1]))
+    (tmp_path / "d.yaml").mkdir()
+    with pytest.raises(BucketFileError, match="cannot write"):
+        write_yaml(tmp_path / "d.yaml", BucketSet([1]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.yaml", "file"]  # nothing half-written

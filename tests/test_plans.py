@@ -1,11 +1,17 @@
-"""Serving plans against vllm-gaudi: cfgs from its unit tests, bucket counts from its HEAD code."""
+"""Serving plans against vllm-gaudi: cfgs from its unit tests, bucket counts from its HEAD code.
+
+Then what vllm-gaudi lacks: plans that would be too big are refused up front (the caps of
+``bucketing.limits``), and limits that cannot work get an error naming the fix.
+"""
 
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 
+from warmgraph.bucketing.limits import MAX_PLAN_BUCKETS, MAX_RANGE_VALUES, TooManyBucketsError
 from warmgraph.bucketing.plans import ServingConfig, plan_buckets
 from warmgraph.errors import ConfigError
 
@@ -139,3 +145,62 @@ def test_bad_env_and_impossible_limits() -> None:
     with pytest.raises(ConfigError, match="0 prompt buckets"):
         env = {"VLLM_PROMPT_QUERY_BUCKET_MIN": "4096", "VLLM_PROMPT_QUERY_BUCKET_MAX": "4096"}
         plan_buckets(ServingConfig(**SMALL), "linear", env=env)
+
+
+# -- one list of strategy names; caps on plans ------------------------------------------------
+
+
+def test_strategy_names_have_one_home() -> None:
+    from warmgraph.bucketing import plans, strategies
+
+    assert tuple(plans._CFGS) == strategies.RANGE_STRATEGIES
+    assert plans.STRATEGIES[:-1] == strategies.RANGE_STRATEGIES and plans.STRATEGIES[-1] == "file"
+    assert strategies.NAMES[:3] == strategies.RANGE_STRATEGIES and strategies.NAMES[3:] == ("fitted", "file")
+
+
+@pytest.mark.parametrize(
+    ("limits", "strategy", "fragments"),
+    [
+        (dict(BIG, max_model_len=10**8), "linear",
+         ["linear plan: the prompt ctx_blocks range [0, 1, 781249] would make 781,250 bucket values",
+          f"cap of {MAX_RANGE_VALUES:,} per dimension", "lower --max-model-len", "VLLM_PROMPT_CTX_BUCKET_STEP"]),
+        (dict(max_num_seqs=256, max_num_batched_tokens=16384, max_model_len=131072, num_blocks=40000,
+              max_num_prefill_seqs=2), "linear",
+         ["(2 batch x 128 query_len x 1,024 ctx_blocks) would make 262,144 candidate prompt buckets",
+          f"cap of {MAX_PLAN_BUCKETS:,} per phase", "--strategy exponential"]),
+        (dict(max_num_seqs=1024, max_num_batched_tokens=8192, max_model_len=131072, num_blocks=40000,
+              block_size=16), "linear", ["decode blocks range", "lower --max-model-len or --max-num-seqs"]),
+    ],
+)
+def test_plans_above_the_caps_are_refused_at_once(limits: dict, strategy: str, fragments: list[str]) -> None:
+    start = time.perf_counter()
+    with pytest.raises(TooManyBucketsError) as info:
+        plan_buckets(ServingConfig(**limits), strategy, env={})
+    assert time.perf_counter() - start < 2  # the last one used to take 100 s
+    for fragment in fragments:
+        assert fragment in str(info.value)
+
+
+def test_large_plans_within_the_caps_still_match_upstream_rules() -> None:
+    # A 128k context: linear stays under the caps (131,072 candidates); padding_aware and
+    # exponential stay small even for absurd lengths, because their ranges are sparse.
+    c = ServingConfig(max_num_seqs=256, max_num_batched_tokens=16384, max_model_len=131072, num_blocks=40000)
+    assert len(plan_buckets(c, "linear", env={}).prompt) == 130945
+    start = time.perf_counter()
+    for strategy in ("padding_aware", "exponential"):
+        plan = plan_buckets(ServingConfig(**dict(BIG, max_model_len=10**8)), strategy, env={})
+        assert len(plan.prompt) < MAX_PLAN_BUCKETS
+    assert time.perf_counter() - start < 5
+
+
+def test_limits_that_cannot_work_name_the_fix(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigError, match=r"--max-model-len must be at most 2\*\*53"):
+        ServingConfig(**dict(SMALL, max_model_len=2**60))
+    with pytest.raises(ConfigError, match="max_model_len 64 is below the smallest prompt query length 128"):
+        plan_buckets(ServingConfig(**dict(SMALL, max_model_len=64)), "linear", env={})
+    with pytest.raises(ConfigError, match=r"prompt ctx_blocks range \[0, 0, 31\]: linear: step is 0"):
+        plan_buckets(ServingConfig(**SMALL), "linear", env={"VLLM_PROMPT_CTX_BUCKET_STEP": "0"})
+    with pytest.raises(ConfigError, match=r"VLLM_BUCKETING_FROM_FILE: bucket file .* is a directory"):
+        plan_buckets(ServingConfig(**SMALL), None, env={"VLLM_BUCKETING_FROM_FILE": str(tmp_path)})
+    with pytest.raises(ConfigError, match=r"^bucket file .* is a directory"):
+        plan_buckets(ServingConfig(**SMALL), "file", str(tmp_path), env={})
