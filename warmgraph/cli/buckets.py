@@ -101,8 +101,8 @@ def _group_by_prefix(bucket_set: BucketSet) -> list[tuple[tuple[int, ...], list[
 def plan_cmd(strategy: str | None, bucket_file: str | None, as_json: bool, **limits: Any) -> None:
     """Prompt and decode buckets exactly as vllm-gaudi's bucketing manager makes them.
 
-    A plan whose ranges would cross to more than 250,000 buckets per phase, or a range of
-    more than 100,000 values, is refused at once (warmgraph.bucketing.limits).
+    A plan too big to build in about a second is refused at once, with its bucket count and
+    the cap (warmgraph.bucketing.limits).
 
     Example: warmgraph buckets plan --max-num-seqs 256 --max-num-batched-tokens 8192
     --max-model-len 32768 --num-blocks 4127
