@@ -25,6 +25,9 @@ GQA = LlamaConfig(vocab_size=600, hidden_size=96, intermediate_size=200, num_hid
 PROMPTS = ["hello", "the cat watches the river and the old engineer builds a wooden box",
            "a small dog finds three apples " * 5, "x"]  # the third needs chunked prefill at 64 tokens/step
 SMALL = serving_limits(max_num_seqs=2, max_num_batched_tokens=32, max_model_len=64, block_size=32)
+# Two prompts per prefill where a bucket covers it: 6 prompt and 4 decode buckets.
+MIXED = serving_limits(max_num_seqs=2, max_num_batched_tokens=64, max_model_len=64, block_size=32,
+                       max_num_prefill_seqs=2)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,17 +67,20 @@ def test_greedy_identical_to_transformers(request: pytest.FixtureRequest, which:
 
 def test_aot_cold_in_workers_then_warm_start(default_ckpt: Path, tmp_path: Path) -> None:
     model, tokenizer, _ = load_checkpoint(default_ckpt)
-    reference = Engine(model, tokenizer, EngineConfig(backend="eager", cache=None, serving=SMALL))
-    prompts = [*PROMPTS[:2], "a small dog finds three apples " * 3]  # 3 prompts through 2 slots; a 2-chunk prefill
+    reference = Engine(model, tokenizer, EngineConfig(backend="eager", cache=None, serving=MIXED))
+    # 4 prompts through 2 slots, two of them prefilled together, one in 2 chunks
+    prompts = [*PROMPTS[:2], "a small dog finds three apples " * 8, "x"]
     expected = reference.generate(prompts, SamplingParams(max_tokens=8))
-    cold = Engine(model, tokenizer, EngineConfig(backend="aot", cache=tmp_path, serving=SMALL))
+    cold = Engine(model, tokenizer, EngineConfig(backend="aot", cache=tmp_path, serving=MIXED))
     graphs = len(cold.plan.prompt) + len(cold.plan.decode)
     report = cold.warmup(workers=2)
-    assert report.compiled == graphs == 6 and report.loaded == 0
+    assert report.compiled == graphs == 10 and report.loaded == 0
     assert cold.counter("compiles") == 0 and cold.counter("cache_hits") == graphs  # workers compiled them
     got = cold.generate(prompts, SamplingParams(max_tokens=8))
     assert [c["token_ids"] for c in got["completions"]] == [c["token_ids"] for c in expected["completions"]]
     assert got["stats"]["eager_fallbacks"] == 0
+    assert any(kind == "prefill" and len(members) == 2 for kind, members in cold.last_schedule)
+    assert 64 // 2 < max(len(i) for i in map(cold.encode, prompts)) < 63  # two chunks when prefilled beside another
     warm = Engine(model, tokenizer, EngineConfig(backend="aot", cache=tmp_path, serving=SMALL))
     report = warm.warmup(workers=2)
     assert report.loaded == graphs and report.compiled == 0

@@ -32,16 +32,20 @@ DEVICES = {
 }
 MIXED = serving_limits(max_num_seqs=2, max_num_batched_tokens=64, max_model_len=64, block_size=32,
                        max_num_prefill_seqs=2)
+DTYPES = ("float32", "bfloat16")
 PROMPTS = ["hello", "the cat watches the river", "a small dog finds three apples", "x", "the red fox and the old "
            "engineer build a wooden box"]
 
 
 @pytest.fixture(scope="module")
-def reference(default_ckpt: Path) -> list[list[int]]:
-    model, tokenizer, _ = load_checkpoint(default_ckpt)
-    engine = Engine(model, tokenizer, EngineConfig(backend="eager", device="cpu", cache=None, serving=MIXED))
-    out = engine.generate(PROMPTS, SamplingParams(max_tokens=8))
-    return [c["token_ids"] for c in out["completions"]]
+def reference(default_ckpt: Path) -> dict[str, list[list[int]]]:
+    """The plain CPU engine's greedy tokens, per dtype."""
+    out = {}
+    for dtype in DTYPES:
+        model, tokenizer, _ = load_checkpoint(default_ckpt, dtype)
+        engine = Engine(model, tokenizer, EngineConfig(backend="eager", device="cpu", cache=None, serving=MIXED))
+        out[dtype] = [c["token_ids"] for c in engine.generate(PROMPTS, SamplingParams(max_tokens=8))["completions"]]
+    return out
 
 
 def _step_buffer_bytes(engine: Engine) -> int:
@@ -61,21 +65,22 @@ def _step_buffer_bytes(engine: Engine) -> int:
     return total
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("name", list(DEVICES))
-def test_engine_over_a_fake_device_equals_the_cpu_engine(default_ckpt: Path, reference: list[list[int]],
-                                                         name: str) -> None:
+def test_engine_over_a_fake_device_equals_the_cpu_engine(default_ckpt: Path, reference: dict[str, list[list[int]]],
+                                                         name: str, dtype: str) -> None:
     api_cls, fake_cls = DEVICES[name]
     fake = fake_cls()
     backend = get_backend(name, api=api_cls(fake, device_type=fake.device_type), inner="eager", debug=True)
     with fake.placement():
-        model, tokenizer, _ = load_checkpoint(default_ckpt)
+        model, tokenizer, _ = load_checkpoint(default_ckpt, dtype)
         engine = Engine(model, tokenizer, EngineConfig(backend=backend, device="cpu", cache=None, serving=MIXED))
         assert all(fake.is_device_tensor(t) for t in engine.state)  # model, tables and KV cache on the device
         report = engine.warmup()
         graphs = len(engine.plan.prompt) + len(engine.plan.decode)
         assert report.captured == graphs and engine.counter("captures") == graphs
         out = engine.generate(PROMPTS, SamplingParams(max_tokens=8))
-    assert [c["token_ids"] for c in out["completions"]] == reference
+    assert [c["token_ids"] for c in out["completions"]] == reference[dtype]
     stats = out["stats"]
     assert stats["eager_fallbacks"] == 0 and stats["graph_replays"] == fake.count("replay") > 0
     assert any(kind == "prefill" and len(members) == 2 for kind, members in engine.last_schedule)

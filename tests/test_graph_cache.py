@@ -247,21 +247,23 @@ def test_runner_second_start_loads_everything(tmp_path: Path) -> None:
 
 def test_capture_backend_caches_its_inner_graph_and_recaptures(tmp_path: Path) -> None:
     inner = FileBackend()
-    model = MLP().eval()
+    fake = FakeCudaModule()
+    with fake.placement():
+        model = MLP().eval().to(fake.device_type)
 
-    def runner() -> warmgraph.GraphRunner:
-        backend = get_backend("cuda_graph", api=CudaGraphAPI(FakeCudaModule()), inner=inner)
-        return warmgraph.compile(model, buckets=[2, 4], example_inputs=(torch.randn(4, 64),), backend=backend,
-                                 cache=tmp_path)
+        def runner() -> warmgraph.GraphRunner:
+            backend = get_backend("cuda_graph", api=CudaGraphAPI(fake, device_type=fake.device_type), inner=inner)
+            return warmgraph.compile(model, buckets=[2, 4], example_inputs=(torch.randn(4, 64, device="cpu"),),
+                                     backend=backend, cache=tmp_path)
 
-    cold = runner()
-    cold.warmup()
-    warm = runner()
-    warm.warmup()
-    assert cold.counters["compiles"] == 2 and cold.counters["captures"] == 2
-    assert warm.counters["compiles"] == 0 and warm.counters["cache_hits"] == 2 and warm.counters["captures"] == 2
-    x = torch.randn(3, 64)
-    torch.testing.assert_close(warm(x), model(x).detach())
+        cold = runner()
+        cold.warmup()
+        warm = runner()
+        warm.warmup()
+        assert cold.counters["compiles"] == 2 and cold.counters["captures"] == 2
+        assert warm.counters["compiles"] == 0 and warm.counters["cache_hits"] == 2 and warm.counters["captures"] == 2
+        x = torch.randn(3, 64)
+        torch.testing.assert_close(warm(x), model(x).detach())
 
 
 def test_aot_fine_tune_reuses_entries_and_binds_new_weights(tmp_path: Path) -> None:
