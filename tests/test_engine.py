@@ -81,7 +81,7 @@ def test_aot_cold_in_workers_then_warm_start(default_ckpt: Path, tmp_path: Path)
     assert got["stats"]["eager_fallbacks"] == 0
     assert any(kind == "prefill" and len(members) == 2 for kind, members in cold.last_schedule)
     assert 64 // 2 < max(len(i) for i in map(cold.encode, prompts)) < 63  # two chunks when prefilled beside another
-    warm = Engine(model, tokenizer, EngineConfig(backend="aot", cache=tmp_path, serving=SMALL))
+    warm = Engine(model, tokenizer, EngineConfig(backend="aot", cache=tmp_path, serving=MIXED))
     report = warm.warmup(workers=2)
     assert report.loaded == graphs and report.compiled == 0
     again = warm.generate(prompts, SamplingParams(max_tokens=8))
