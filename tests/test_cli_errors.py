@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from cli_helpers import Capsys, assert_one_line_error, run
 
 from warmgraph.graph_cache.key import make_key
@@ -233,6 +234,57 @@ ROWS = [
     pytest.param(["cache", "ls", "--bogus"], "No such option '--bogus'", id="cache-unknown-option"),
 ]
 
+# -- warmup and generate: refused before any model is loaded, except the model-directory rows ----
+_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+WARMUP = ["WARMGRAPH_CACHE_DIR={absent}", "warmup", "--backend", "eager"]
+GENERATE = ["WARMGRAPH_CACHE_DIR={absent}", "generate", "--backend", "eager", "--prompt", "hi"]
+ROWS += [
+    pytest.param([*WARMUP, "--block-size", "0"], "block_size is 0; --block-size must be a positive integer",
+                 id="warmup-block-size-zero"),
+    pytest.param([*WARMUP, "--block-size", "-64"], "block_size is -64; --block-size must be a positive integer",
+                 id="warmup-block-size-negative"),
+    pytest.param([*WARMUP, "--max-num-seqs", "0"], "--max-num-seqs must be a positive integer", id="warmup-seqs-zero"),
+    pytest.param([*WARMUP, "--max-model-len", "-1"], "--max-model-len must be a positive integer",
+                 id="warmup-len-negative"),
+    pytest.param([*WARMUP, "--max-num-batched-tokens", "8"], "max_num_batched_tokens 8 is below block_size 64",
+                 id="warmup-tokens-below-block"),
+    pytest.param([*WARMUP, "--max-num-prefill-seqs", "0"], "--max-num-prefill-seqs must be a positive integer",
+                 id="warmup-prefill-seqs-zero"),
+    pytest.param([*WARMUP, "--strategy", "file"], "needs a bucket file: pass --bucket-file", id="warmup-file-no-file"),
+    pytest.param([*WARMUP, "--strategy", "file", "--bucket-file", "{dir}"], "is a directory",
+                 id="warmup-bucket-file-directory"),
+    pytest.param([*WARMUP, "--strategy", "file", "--bucket-file", "{garbled_txt}"], "garbled.txt",
+                 id="warmup-bucket-file-garbled"),
+    pytest.param([*WARMUP, "--strategy", "cubic"], "'cubic' is not one of", id="warmup-unknown-strategy"),
+    pytest.param([*WARMUP, "--workers", "0"], "--workers: must be at least 1", id="warmup-workers-zero"),
+    pytest.param([*WARMUP, "--threads", "0"], "--threads must be a positive integer", id="warmup-threads-zero"),
+    pytest.param([*WARMUP, "--device", "cuda"], "--device cuda: no cuda device is available here",
+                 id="warmup-device-cuda", marks=_CUDA),
+    pytest.param(["WARMGRAPH_DEVICE=cuda", *WARMUP], "WARMGRAPH_DEVICE=cuda: no cuda device", id="warmup-env-cuda",
+                 marks=_CUDA),
+    pytest.param(["WARMGRAPH_DEVICE=tpu", *WARMUP], "device 'tpu' is unknown", id="warmup-env-unknown-device"),
+    pytest.param([*WARMUP, "--device", "tpu"], "'tpu' is not one of", id="warmup-unknown-device"),
+    pytest.param([*WARMUP, "--backend", "nonsense"], "backend 'nonsense' is unknown", id="warmup-unknown-backend"),
+    pytest.param([*WARMUP, "--backend", "cuda_graph:aot"], "CUDA graphs need a CUDA device",
+                 id="warmup-cuda-graph-on-cpu", marks=_CUDA),
+    pytest.param([*WARMUP, "--backend", "cuda_graph:foo"], "not cuda_graph:foo", id="warmup-capture-over-unknown"),
+    pytest.param([*WARMUP, "--backend", "aot:inductor"], "only capture backends", id="warmup-colon-not-capture"),
+    pytest.param([*WARMUP, "--dtype", "int8"], "'int8' is not one of", id="warmup-bad-dtype"),
+    pytest.param([*WARMUP, "{missing}"], "does not exist", id="warmup-model-missing"),
+    pytest.param([*WARMUP, "{file}"], "is not a directory", id="warmup-model-is-a-file"),
+    pytest.param([*WARMUP, "{dir}"], "config.json is missing", id="warmup-model-empty-dir"),
+    pytest.param([*WARMUP, "--max-model-len", "1024"], "above the model's max_position_embeddings 512",
+                 id="warmup-len-beyond-model"),
+    pytest.param([*GENERATE, "--temperature", "nan"], "temperature is nan", id="generate-temperature-nan"),
+    pytest.param([*GENERATE, "--temperature", "-1"], "--temperature must be a finite number >= 0",
+                 id="generate-temperature-negative"),
+    pytest.param([*GENERATE, "--top-p", "0"], "--top-p must be in (0, 1]", id="generate-top-p-zero"),
+    pytest.param([*GENERATE, "--max-tokens", "0"], "--max-tokens must be at least 1", id="generate-max-tokens-zero"),
+    pytest.param(["generate", "--backend", "eager"], "Missing option '--prompt'", id="generate-no-prompt"),
+    pytest.param([*GENERATE, "--block-size", "0"], "--block-size must be a positive integer",
+                 id="generate-block-size-zero"),
+]
+
 
 def _tar(path: Path, members: dict[str, bytes]) -> str:
     with tarfile.open(path, "w:gz") as tar:
@@ -323,4 +375,6 @@ def test_table_covers_every_command() -> None:
     for group, name in ((buckets, "buckets"), (cache, "cache")):
         for sub in group.commands:
             assert any(a[:2] == [name, sub] or (a and "=" in a[0] and a[1:3] == [name, sub]) for a in argvs), sub
+    for command in ("warmup", "generate"):
+        assert any(command in a[:3] for a in argvs), command
     assert len(ROWS) >= 30

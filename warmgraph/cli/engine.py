@@ -62,6 +62,7 @@ def _config(kw: dict[str, Any], cache: Any) -> EngineConfig:
 
 
 def _build(model_dir: str | None, dtype: str | None, cache_dir: str | None, kw: dict[str, Any]) -> tuple[Any, str]:
+    from warmgraph.bucketing.plans import plan_buckets
     from warmgraph.compiler.registry import get_backend, require_device
     from warmgraph.engine.engine import Engine
     from warmgraph.graph_cache.store import GraphCache
@@ -70,10 +71,13 @@ def _build(model_dir: str | None, dtype: str | None, cache_dir: str | None, kw: 
 
     cache = GraphCache(cache_dir)
     config = _config(kw, cache)
-    get_backend(config.backend, require_device(config.device))  # a bad backend or device fails before the load
+    # Everything that can be refused without the model is refused first: limits, device,
+    # backend, bucket plan (a bad bucket file), then the model directory.
+    get_backend(config.backend, require_device(config.device))
+    plan = plan_buckets(config.serving, config.strategy, config.bucket_file)
     path = model_dir or str(ensure_default_model(cache.root if cache_dir else None))
     model, tokenizer, _ = load_checkpoint(path, dtype)
-    return Engine(model, tokenizer, config), path
+    return Engine(model, tokenizer, config, plan), path
 
 
 @click.command("warmup")

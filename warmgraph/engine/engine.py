@@ -53,10 +53,13 @@ class Engine:
             raise ConfigError(f"backend {self.step_backend.name} captures {captured} work, but the engine runs on "
                               f"{self.device.type}; use --device {captured}, or a backend for {self.device.type} "
                               "(auto, aot, inductor, eager)")
-        self.model = model.to(self.device).eval()
         self.mc = model.config
         self.plan = plan or plan_buckets(config.serving, config.strategy, config.bucket_file)
         self.serving = self.plan.config
+        if self.serving.max_model_len > self.mc.max_position_embeddings:
+            raise ConfigError(f"max_model_len {self.serving.max_model_len} is above the model's "
+                              f"max_position_embeddings {self.mc.max_position_embeddings}; lower --max-model-len")
+        self.model = model.to(self.device).eval()
         weights = self.model.model.embed_tokens.weight
         rotary = self.model.model.rotary_emb
         shape = kv_cache_shape(self.mc, self.serving.num_blocks, self.serving.block_size)
