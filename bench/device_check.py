@@ -68,7 +68,7 @@ def main() -> None:
     from warmgraph.models.default import ensure_default_model
     from warmgraph.models.loader import load_checkpoint
 
-    limits = serving_limits(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=128, block_size=32)
+    limits = serving_limits(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=128, block_size=64)  # 10 graphs
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                               "limits": {k: getattr(limits, k) for k in ("max_num_seqs", "max_num_batched_tokens",
                                                                           "max_model_len", "block_size")},
