@@ -169,3 +169,16 @@ def test_host_memory_cannot_be_captured() -> None:
                                backend=make_backend("cuda_graph", fake))
     with pytest.raises(RuntimeError, match="host memory"):
         runner.warmup()
+
+
+def test_a_bucket_built_on_first_use_leaves_bound_state_alone(device: tuple[str, Any]) -> None:
+    # Without warmup, each bucket is captured when first needed; its warm-ups must run on padding,
+    # not on the previous call's values seen through the new bucket's shape.
+    name, fake = device
+    state, weight = torch.zeros(8, 4, device="cpu"), torch.eye(4, device="cpu")
+    runner = warmgraph.compile(_accumulate, buckets=[2, 8], example_inputs=(torch.zeros(2, 4), state, weight),
+                               dims=Dims(inputs=[{0: 0}, BOUND, BOUND]), backend=make_backend(name, fake))
+    runner(torch.ones(2, 4), state, weight)
+    runner(torch.ones(5, 4), state, weight)  # bucket 8 is captured now
+    assert state[:, 0].tolist() == [2, 2, 1, 1, 1, 0, 0, 0]
+    assert runner.counters["captures"] == 2 and runner.counters["late_builds"] == 0

@@ -32,13 +32,6 @@ from warmgraph.errors import WarmgraphError
 from warmgraph.runtime.dims import ArgSpec, Layout
 
 
-def _shape_at(spec: ArgSpec, bucket: Bucket) -> list[int]:
-    shape = list(spec.shape)
-    for d, axis in spec.bucketed:
-        shape[d] = bucket[axis]
-    return shape
-
-
 class StaticBuffers:
     """The buffers of every bucket of one runner. See the module docstring."""
 
@@ -47,17 +40,18 @@ class StaticBuffers:
         self._flat: dict[int, torch.Tensor] = {}
         for spec in layout.args:
             if spec.kind == "bucketed":
-                most = max(math.prod(_shape_at(spec, b)) for b in buckets)
+                most = max(math.prod(spec.shape_at(b)) for b in buckets)
                 self._flat[spec.index] = torch.full((most,), spec.fill, dtype=spec.dtype, device=spec.device)
             elif spec.kind == "static":
                 self._flat[spec.index] = torch.zeros(spec.shape, dtype=spec.dtype, device=spec.device)
         self._views: dict[Bucket, list[Any]] = {}
+        self._retired: list[torch.Tensor] = []  # allocations outgrown, still read by earlier captures
         self._bound_ptrs = {i: t.data_ptr() for i, t in layout.bound}
 
     @property
     def nbytes(self) -> int:
         """Bytes allocated for buffers (bound arguments cost nothing)."""
-        return sum(t.numel() * t.element_size() for t in self._flat.values())
+        return sum(t.numel() * t.element_size() for t in [*self._flat.values(), *self._retired])
 
     def for_bucket(self, bucket: Bucket) -> list[Any]:
         """The arguments a graph of ``bucket`` is captured with and replayed on (made once per bucket)."""
@@ -67,7 +61,7 @@ class StaticBuffers:
         views = []
         for spec in self.layout.args:
             if spec.kind == "bucketed":
-                shape = _shape_at(spec, bucket)
+                shape = spec.shape_at(bucket)
                 flat = self._flat[spec.index]
                 if math.prod(shape) > flat.numel():  # a bucket added after allocation (miss policy 'compile')
                     flat = self._grow(spec, math.prod(shape))
@@ -83,8 +77,25 @@ class StaticBuffers:
         # Graphs already captured read the old allocation, which their views keep alive; only
         # buckets made from now on use the new one.
         grown = torch.full((numel,), spec.fill, dtype=spec.dtype, device=spec.device)
+        self._retired.append(self._flat[spec.index])
         self._flat[spec.index] = grown
         return grown
+
+    def reset(self, bucket: Bucket) -> list[Any]:
+        """``bucket``'s buffers set to each argument's fill value (zeros for static ones); returns them.
+
+        A capture runs the function on its buffers (warm-ups, and on some devices the capture
+        itself), which may write bound state at positions the buffers name (slot ids): they must
+        hold padding, which points at scratch, not a previous call's values seen through another
+        bucket's shape.
+        """
+        views = self.for_bucket(bucket)
+        for spec in self.layout.args:
+            if spec.kind == "bucketed":
+                views[spec.index].fill_(spec.fill)
+            elif spec.kind == "static":
+                views[spec.index].zero_()
+        return views
 
     def fill(self, bucket: Bucket, shape: tuple[int, ...], args: Sequence[Any]) -> tuple[list[Any], int]:
         """Copy one call's ``args`` (of bucket-space ``shape``) into ``bucket``'s buffers.

@@ -31,7 +31,7 @@ import torch
 
 from warmgraph.bucketing.buckets import Bucket
 from warmgraph.compiler.base import Backend, CompiledGraph
-from warmgraph.compiler.fingerprint import Fingerprint, device_factors, fingerprint, input_specs
+from warmgraph.compiler.fingerprint import Fingerprint, Unfingerprintable, device_factors, fingerprint, input_specs
 from warmgraph.errors import CacheSecurityError, CacheWriteError
 from warmgraph.graph_cache.key import CacheKey, make_key
 from warmgraph.graph_cache.store import GraphCache
@@ -94,14 +94,25 @@ class GraphBuilder:
         if self._device is None:
             device = next((a.device.type for a in example if isinstance(a, torch.Tensor)), "cpu")
             self._device = device_factors(device)
-        graph = {**fp.factors, "inputs": input_specs(example)}
+        try:
+            inputs = input_specs(example)
+        except Unfingerprintable as exc:
+            self._warn_once("constant", f"warmgraph: a constant argument is {exc}, which warmgraph cannot "
+                                        "fingerprint; this graph is compiled but not cached")
+            return None
+        graph = {**fp.factors, "inputs": inputs}
         return make_key(graph=graph, bucket=bucket, backend=persist.fingerprint(), device=self._device,
                         torch_version=torch.__version__)
 
     def cached(self, bucket: Bucket, example: Sequence[Any]) -> bool:
         """Whether the cache holds ``bucket``'s graph already (False when nothing is cached)."""
         key = self.key(bucket, example)
-        return key is not None and self.cache is not None and self.cache.lookup(key) is not None
+        if key is None or self.cache is None:
+            return False
+        try:
+            return self.cache.lookup(key) is not None
+        except CacheWriteError:  # the cache cannot even be created: nothing is cached
+            return False
 
     # -- building ----------------------------------------------------------------------------
 

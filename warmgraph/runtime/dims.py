@@ -63,6 +63,13 @@ class ArgSpec:
     def is_tensor(self) -> bool:
         return self.kind != "constant"
 
+    def shape_at(self, bucket: tuple[int, ...]) -> list[int]:
+        """This argument's shape in ``bucket``."""
+        shape = list(self.shape)
+        for d, axis in self.bucketed:
+            shape[d] = bucket[axis]
+        return shape
+
 
 @dataclass(frozen=True)
 class Layout:

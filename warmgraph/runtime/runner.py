@@ -135,11 +135,8 @@ class GraphRunner:
         for spec in self.layout.args:
             if spec.kind in ("bound", "constant"):
                 out.append(spec.value)
-                continue
-            shape = list(spec.shape)
-            for d, axis in spec.bucketed:
-                shape[d] = bucket[axis]
-            out.append(torch.full(shape, spec.fill, dtype=spec.dtype, device=spec.device))
+            else:
+                out.append(torch.full(spec.shape_at(bucket), spec.fill, dtype=spec.dtype, device=spec.device))
         return out
 
     @property
@@ -152,7 +149,8 @@ class GraphRunner:
         return [b for b in self.buckets if b not in self._graphs and not self.builder.cached(b, self.example_for(b))]
 
     def _build(self, bucket: Bucket) -> BuildResult:
-        result = self.builder.build(bucket, self.example_for(bucket))
+        example = self.buffers.reset(bucket) if self.buffers is not None else self.example_for(bucket)
+        result = self.builder.build(bucket, example)
         self._graphs[bucket] = result.graph
         self.states[bucket] = State.CAPTURED if result.captured else State.BUILT
         if result.captured:
@@ -166,6 +164,10 @@ class GraphRunner:
         built are reported as ``ready``. After this, buckets are sealed (see the module docstring).
         """
         chosen = self.buckets if only is None else [tuple(b) for b in only]
+        unknown = [b for b in chosen if b not in self.buckets]
+        if unknown:
+            raise ConfigError(f"warmup(only=...) names {unknown[0]}, which is not one of the runner's buckets "
+                              f"({len(self.buckets)}, largest {self.buckets.largest})")
         order = sorted(chosen, key=lambda b: (work(b), b), reverse=True)
         report = WarmupReport(self.backend.name, buffer_bytes=self.buffers.nbytes if self.buffers else 0)
         start = time.perf_counter()
