@@ -131,6 +131,7 @@ def test_bad_calls_name_the_argument() -> None:
         ((torch.randn(2, 8, 32), lengths), "argument 0 dimension 2: expected 64"),
         ((x, torch.tensor([8, 8, 8])), "argument 1 dimension 0 is 3 but argument 0 dimension 0 is 2"),
         ((x, [8, 8]), "argument 1: expected a tensor, got list"),
+        ((torch.randn(2, 64, 8).transpose(1, 2), lengths), "argument 0 is not contiguous"),
     ]
     for args, message in cases:
         with pytest.raises(WarmgraphError, match=message.replace("(", r"\(").replace(")", r"\)")):

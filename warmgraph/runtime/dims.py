@@ -181,7 +181,7 @@ def real_shape(args: Sequence[Any], layout: Layout) -> tuple[int, ...]:
             continue
         try:
             size = arg.shape
-            ok = arg.dtype is dtype and len(size) == rank and arg.device == device
+            ok = arg.dtype is dtype and len(size) == rank and arg.device == device and arg.is_contiguous()
         except AttributeError:
             ok = False
         if not ok:
@@ -224,6 +224,9 @@ def _explain(args: Sequence[Any], layout: Layout) -> tuple[int, ...]:
             raise WarmgraphError(
                 f"argument {i}: expected {len(spec.shape)} dimensions {spec.shape}, got {arg.dim()} {tuple(arg.shape)}"
             )
+        if not arg.is_contiguous():
+            raise WarmgraphError(f"argument {i} is not contiguous (strides {arg.stride()}); compiled graphs read "
+                                 "their inputs as contiguous memory: pass it with .contiguous()")
         bucketed = dict(spec.bucketed)
         for d, size in enumerate(arg.shape):
             axis = bucketed.get(d)
