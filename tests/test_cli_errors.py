@@ -257,12 +257,13 @@ ROWS += [
                  id="warmup-bucket-file-garbled"),
     pytest.param([*WARMUP, "--strategy", "cubic"], "'cubic' is not one of", id="warmup-unknown-strategy"),
     pytest.param([*WARMUP, "--workers", "0"], "--workers: must be at least 1", id="warmup-workers-zero"),
-    pytest.param([*WARMUP, "--threads", "0"], "--threads must be a positive integer", id="warmup-threads-zero"),
+    pytest.param([*WARMUP, "--threads", "0"], "--threads must be from 1 to the", id="warmup-threads-zero"),
     pytest.param([*WARMUP, "--device", "cuda"], "--device cuda: no cuda device is available here",
                  id="warmup-device-cuda", marks=_CUDA),
     pytest.param(["WARMGRAPH_DEVICE=cuda", *WARMUP], "WARMGRAPH_DEVICE=cuda: no cuda device", id="warmup-env-cuda",
                  marks=_CUDA),
-    pytest.param(["WARMGRAPH_DEVICE=tpu", *WARMUP], "device 'tpu' is unknown", id="warmup-env-unknown-device"),
+    pytest.param(["WARMGRAPH_DEVICE=tpu", *WARMUP], "WARMGRAPH_DEVICE=tpu: device 'tpu' is unknown",
+                 id="warmup-env-unknown-device"),
     pytest.param([*WARMUP, "--device", "tpu"], "'tpu' is not one of", id="warmup-unknown-device"),
     pytest.param([*WARMUP, "--backend", "nonsense"], "backend 'nonsense' is unknown", id="warmup-unknown-backend"),
     pytest.param([*WARMUP, "--backend", "cuda_graph:aot"], "CUDA graphs need a CUDA device",
@@ -283,6 +284,12 @@ ROWS += [
     pytest.param(["generate", "--backend", "eager"], "Missing option '--prompt'", id="generate-no-prompt"),
     pytest.param([*GENERATE, "--block-size", "0"], "--block-size must be a positive integer",
                  id="generate-block-size-zero"),
+    pytest.param([*WARMUP, "--threads", "100000"], "--threads must be from 1 to the", id="warmup-threads-huge"),
+    pytest.param([*GENERATE, "--seed", str(2**64)], "--seed must be an integer from 0 to 2**64 - 1",
+                 id="generate-seed-huge"),
+    pytest.param([*WARMUP, "--bucket-file", "{buckets_txt}"], "add --strategy file", id="warmup-file-no-strategy"),
+    pytest.param([*WARMUP, "--max-num-seqs", "100000000000"], "lower --max-num-seqs or --max-model-len",
+                 id="warmup-kv-cache-beyond-memory"),
 ]
 
 

@@ -49,11 +49,14 @@ def _hpu_available() -> bool:
 
 
 def detect_device(device: str | None = None) -> str:
-    """``device`` if given, else ``$WARMGRAPH_DEVICE``, else the first of cuda, npu, hpu found, else cpu."""
-    chosen = device or os.environ.get("WARMGRAPH_DEVICE") or None
-    if chosen is not None:
+    """``device`` if given (not ``auto``), else ``$WARMGRAPH_DEVICE`` (unless ``auto``), else the first of
+    cuda, npu, hpu found, else cpu."""
+    from_env = device in (None, "auto")
+    chosen = os.environ.get("WARMGRAPH_DEVICE") if from_env else device
+    if chosen and chosen != "auto":
         if chosen not in DEVICES:
-            raise ConfigError(f"device {chosen!r} is unknown; use one of: {', '.join(DEVICES)}")
+            where = f"WARMGRAPH_DEVICE={chosen}: device" if from_env else "device"
+            raise ConfigError(f"{where} {chosen!r} is unknown; use auto or one of: {', '.join(DEVICES)}")
         return chosen
     import torch
 

@@ -6,14 +6,16 @@ The CLI takes its defaults and choices from here, so each default is written onc
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
 from warmgraph.bucketing.plans import STRATEGIES, ServingConfig
 from warmgraph.compiler.base import Backend
+from warmgraph.compiler.registry import DEVICES as REGISTRY_DEVICES
 from warmgraph.errors import ConfigError
 
-DEVICES = ("auto", "cpu", "cuda", "npu", "hpu")
+DEVICES = ("auto", *REGISTRY_DEVICES)
 
 
 def serving_limits(max_num_seqs: int = 4, max_num_batched_tokens: int = 64, max_model_len: int = 256,
@@ -64,9 +66,13 @@ class EngineConfig:
             raise ConfigError("strategy 'file' needs a bucket file: pass --bucket-file PATH")
         if self.device not in DEVICES:
             raise ConfigError(f"EngineConfig.device={self.device!r} is unknown; use one of {', '.join(DEVICES)}")
-        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
-                                         or self.threads < 1):
-            raise ConfigError(f"EngineConfig.threads={self.threads!r}; --threads must be a positive integer")
+        if self.threads is not None:
+            cores = os.cpu_count() or 1
+            if isinstance(self.threads, bool) or not isinstance(self.threads, int) or not 1 <= self.threads <= cores:
+                raise ConfigError(f"threads is {self.threads!r}; --threads must be from 1 to the {cores} cores here")
+        if self.bucket_file and self.strategy != "file":
+            raise ConfigError(f"--bucket-file is given but the strategy is {self.strategy!r}; add --strategy file "
+                              "to use it, or drop --bucket-file")
 
 
 @dataclass(frozen=True)
@@ -87,3 +93,6 @@ class SamplingParams:
                               "(0 is greedy)")
         if not (isinstance(self.top_p, (int, float)) and math.isfinite(self.top_p) and 0 < self.top_p <= 1):
             raise ConfigError(f"top_p is {self.top_p!r}; --top-p must be in (0, 1]")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)
+                                      or not 0 <= self.seed < 2**64):
+            raise ConfigError(f"seed is {self.seed!r}; --seed must be an integer from 0 to 2**64 - 1")

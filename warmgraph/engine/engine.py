@@ -15,6 +15,8 @@ clear message, and every request comes back with a finish reason.
 
 from __future__ import annotations
 
+import math
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -63,6 +65,7 @@ class Engine:
         weights = self.model.model.embed_tokens.weight
         rotary = self.model.model.rotary_emb
         shape = kv_cache_shape(self.mc, self.serving.num_blocks, self.serving.block_size)
+        self._check_memory(2 * self.mc.num_hidden_layers * math.prod(shape) * weights.element_size())
         self.kv = [(torch.zeros(shape, dtype=weights.dtype, device=self.device),
                     torch.zeros(shape, dtype=weights.dtype, device=self.device))
                    for _ in range(self.mc.num_hidden_layers)]
@@ -81,6 +84,20 @@ class Engine:
             self.phases[name] = Phase(layer, step)
         self.last_schedule: list[tuple[str, tuple[int, ...]]] = []
         self.last_free_blocks = self.serving.num_blocks
+
+    def _check_memory(self, kv_bytes: int) -> None:
+        """Refuse a KV cache larger than the free memory of the device, before allocating it."""
+        if self.device.type == "cuda":
+            free = torch.cuda.mem_get_info(self.device)[0]
+        elif self.device.type == "cpu" and hasattr(os, "sysconf"):
+            free = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+        else:
+            return  # the vendor reports memory its own way; allocation errors speak for themselves
+        if kv_bytes > free:
+            s = self.serving
+            raise ConfigError(f"the KV cache needs {kv_bytes / 2**30:.1f} GiB ({s.num_blocks} blocks of {s.block_size} "
+                              f"tokens over {self.mc.num_hidden_layers} layers) but {self.device.type} has "
+                              f"{free / 2**30:.1f} GiB free; lower --max-num-seqs or --max-model-len")
 
     @property
     def prefill(self) -> Phase:
@@ -246,7 +263,8 @@ class Engine:
             if p.temperature <= 0:
                 out.append(int(row.argmax()))
                 continue
-            probs = torch.softmax(row / p.temperature, dim=-1)
+            # Shifted by the maximum first, so a tiny temperature sharpens toward greedy instead of overflowing.
+            probs = torch.softmax((row - row.max()) / p.temperature, dim=-1)
             if p.top_p < 1.0:
                 sorted_p, order = probs.sort(descending=True)
                 keep = sorted_p.cumsum(0) - sorted_p < p.top_p  # always keeps the most likely token

@@ -294,7 +294,7 @@ def import_archive(cache: GraphCache, archive: Path) -> list[str]:
         reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
         done = f"; {len(imported)} entries were imported before it" if imported else "; nothing was imported"
         raise CacheWriteError(f"could not import {archive} into {cache.root}: {reason}{done}; "
-                              "free space or point WARMGRAPH_CACHE_DIR elsewhere") from None
+                              "free space or point --cache-dir (or WARMGRAPH_CACHE_DIR) elsewhere") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return imported

@@ -23,10 +23,10 @@ def check_private(path: Path, what: str) -> None:
     st = path.lstat()
     if stat.S_ISLNK(st.st_mode):
         raise CacheSecurityError(f"{what} {path} is a symbolic link; warmgraph loads native code only from real "
-                                 "directories it owns. Point WARMGRAPH_CACHE_DIR at the real path")
+                                 "directories it owns. Point --cache-dir (or WARMGRAPH_CACHE_DIR) at the real path")
     if hasattr(os, "getuid") and st.st_uid != os.getuid():
         raise CacheSecurityError(f"{what} {path} is owned by uid {st.st_uid}, not by you (uid {os.getuid()}); "
-                                 f"use a cache directory you own (set WARMGRAPH_CACHE_DIR) or chown it")
+                                 f"use a cache directory you own (--cache-dir or WARMGRAPH_CACHE_DIR) or chown it")
     if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise CacheSecurityError(f"{what} {path} is writable by group or others, so anyone could plant code "
                                  f"in it; run: chmod go-w {path}")

@@ -106,7 +106,7 @@ class GraphCache:
                 (self.root / sub).mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise CacheWriteError(f"cannot create cache directory {self.root}: {exc.strerror}; "
-                                  "set WARMGRAPH_CACHE_DIR to a writable place") from None
+                                  "point --cache-dir (or WARMGRAPH_CACHE_DIR) at a writable place") from None
         check_private(self.root, "cache root")
         for sub in ("entries", "tmp", "locks"):
             check_private(self.root / sub, "cache directory")
@@ -194,7 +194,8 @@ class GraphCache:
             lock.acquire()
         except OSError as exc:  # a full disk, no inodes, a read-only volume
             raise CacheWriteError(f"cannot lock cache key {key_hash[:12]} in {self.root}: "
-                                  f"{exc.strerror or exc}; free space or point WARMGRAPH_CACHE_DIR elsewhere") from None
+                                  f"{exc.strerror or exc}; free space or point --cache-dir (or "
+                                  "WARMGRAPH_CACHE_DIR) elsewhere") from None
         try:
             yield
         finally:
@@ -240,7 +241,7 @@ class GraphCache:
             shutil.rmtree(tmp, ignore_errors=True)
             reason = "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
             raise CacheWriteError(f"could not write cache entry {key.hash[:12]} in {self.root}: {reason}; "
-                                  "free space or point WARMGRAPH_CACHE_DIR elsewhere") from None
+                                  "free space or point --cache-dir (or WARMGRAPH_CACHE_DIR) elsewhere") from None
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -179,5 +179,5 @@ def ensure_default_model(root: Path | None = None) -> Path:
                 raise
     except OSError as exc:
         raise WarmgraphError(f"cannot write the default model into {models}: {exc.strerror or exc}; "
-                             "set WARMGRAPH_CACHE_DIR to a writable directory") from None
+                             "point --cache-dir (or WARMGRAPH_CACHE_DIR) at a writable directory") from None
     return target
