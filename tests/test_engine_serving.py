@@ -102,3 +102,18 @@ def test_no_bos_where_the_tokenizer_adds_none(default_ckpt: Path, tmp_path: Path
     assert e.encode("the cat watches") == ids and ids[0] != 1
     out = e.generate(["the cat watches"], SamplingParams(max_tokens=6))
     assert out["completions"][0]["token_ids"] == hf_greedy(path, ids, 6)
+
+
+@pytest.mark.parametrize("strategy", ["linear", "padding_aware"])
+def test_other_plans_run_without_eager_fallbacks(default_ckpt: Path, strategy: str) -> None:
+    # Their query lengths and decode batches need not reach the token budget and max_num_seqs:
+    # the scheduler cuts chunks and decode batches to what a bucket covers.
+    limits = serving_limits(max_num_seqs=3, max_num_batched_tokens=100, max_model_len=160, block_size=32)
+    model, tokenizer, _ = load_checkpoint(default_ckpt)
+    prompts = ["hello", "the cat watches the river and the old engineer builds a wooden box " * 4, "x"]
+    want = Engine(model, tokenizer, EngineConfig(backend="eager", cache=None, serving=limits)).generate(
+        prompts, SamplingParams(max_tokens=6))
+    e = Engine(model, tokenizer, EngineConfig(backend="eager", cache=None, serving=limits, strategy=strategy))
+    got = e.generate(prompts, SamplingParams(max_tokens=6))
+    assert got["stats"]["eager_fallbacks"] == 0
+    assert [c["token_ids"] for c in got["completions"]] == [c["token_ids"] for c in want["completions"]]

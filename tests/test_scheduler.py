@@ -151,3 +151,30 @@ def test_decode_batch_counts_cached_blocks() -> None:
     r.output_ids.append(3)
     decode = s.schedule()
     assert isinstance(decode, DecodeBatch) and decode.shape == (1, 1, 2)
+
+
+def test_a_chunk_no_bucket_covers_is_cut_to_one_that_is() -> None:
+    # The plan's query lengths stop at 16 although the budget allows 32 (a linear plan can).
+    buckets = BucketSet([(1, 8, 0), (1, 16, 0), (1, 16, 1), (1, 16, 2)], dims=("batch", "query_len", "ctx_blocks"))
+    s = Scheduler(serving(max_num_batched_tokens=32, num_blocks=8), buckets)
+    s.add(request(0, 30, 2))
+    shapes = []
+    for _ in range(2):
+        batch = s.schedule()
+        assert isinstance(batch, PrefillBatch)
+        shapes.append(batch.shape)
+        for c in batch.chunks:
+            c.request.cached = c.end
+    assert shapes == [(1, 16, 0), (1, 14, 1)]
+
+
+def test_a_decode_batch_no_bucket_covers_goes_in_turns() -> None:
+    decode = BucketSet([(1, 1, 1), (2, 1, 2), (2, 1, 4)], dims=("batch", "query_len", "blocks"))
+    s = Scheduler(serving(max_num_seqs=3, num_blocks=12, max_model_len=64), None, decode)
+    requests = [request(i, 4, 3) for i in range(3)]
+    run(s, requests)
+    decodes = [members for kind, members in s.log if kind == "decode"]
+    assert all(len(m) <= 2 for m in decodes)  # never the uncovered batch of 3
+    assert all(r.finish_reason == "length" and len(r.output_ids) == 3 for r in requests)
+    counts = [sum(i in m for m in decodes) for i in range(3)]
+    assert counts == [2, 2, 2]  # each request decoded as often as it needed: nobody starves

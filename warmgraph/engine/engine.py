@@ -189,7 +189,7 @@ class Engine:
         start = time.perf_counter()
         params = params or SamplingParams()
         before = {k: self.counter(k) for k in ("replays", "eager_fallbacks")}
-        scheduler = Scheduler(self.serving, self.plan.prompt)
+        scheduler = Scheduler(self.serving, self.plan.prompt, self.plan.decode)
         requests = [Request(i, p, self.encode(p), params) for i, p in enumerate(prompts)]
         for r in requests:
             scheduler.add(r)

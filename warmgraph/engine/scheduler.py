@@ -8,7 +8,9 @@ A step is either a prefill or a decode:
     ``max_num_seqs`` run and their KV blocks are free. A batch of several prompts is sent
     only if a prompt bucket of the plan covers its shape ``(batch, query_len, ctx_blocks)``;
     otherwise it shrinks until one does, so multi-request prefills never fall back to eager;
-  - decode: one token for every running request whose prompt is done.
+    A single prompt whose chunk no bucket covers is cut to the longest covered chunk;
+  - decode: one token for every running request whose prompt is done, or for as many of them
+    as a decode bucket covers (the others go first in the next decode step).
 
 KV blocks for a request's whole length (prompt plus ``max_tokens``, capped at
 ``max_model_len``) are reserved at admission, so a running request never waits for memory,
@@ -88,9 +90,11 @@ class DecodeBatch:
 class Scheduler:
     """Waiting and running requests, and the free KV blocks. See the module docstring."""
 
-    def __init__(self, serving: ServingConfig, prompt_buckets: BucketSet | None = None) -> None:
+    def __init__(self, serving: ServingConfig, prompt_buckets: BucketSet | None = None,
+                 decode_buckets: BucketSet | None = None) -> None:
         self.serving = serving
         self.prompt_buckets = prompt_buckets
+        self.decode_buckets = decode_buckets
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self._free = list(range(serving.num_blocks))
@@ -166,21 +170,23 @@ class Scheduler:
             admitted.append(r)
         return self._fit(list(admitted), admitted) if admitted else None
 
-    def _batch(self, requests: list[Request]) -> PrefillBatch:
-        budget = self.serving.max_num_batched_tokens // len(requests)
+    def _batch(self, requests: list[Request], budget: int | None = None) -> PrefillBatch:
+        budget = budget or self.serving.max_num_batched_tokens // len(requests)
         chunks = tuple(Chunk(r, r.cached, min(len(r.prompt_ids), r.cached + budget)) for r in requests)
         query_len = max(c.end - c.begin for c in chunks)
         ctx = max(math.ceil(c.begin / self.serving.block_size) for c in chunks)
         return PrefillBatch(chunks, query_len, ctx)
 
     def _fit(self, requests: list[Request], admitted: list[Request]) -> PrefillBatch:
-        """The batch of ``requests``, shrunk from the end until a prompt bucket covers its shape.
+        """The batch of ``requests``, shrunk until a prompt bucket covers its shape.
 
-        Requests dropped from a batch they were just admitted to go back to the front of the
-        queue with their blocks released; mid-prompt ones simply wait for the next step.
+        First fewer requests: those dropped from a batch they were just admitted to go back to
+        the front of the queue with their blocks released; mid-prompt ones simply wait for the
+        next step. Then, for one request, a shorter chunk: the longest query length of the plan
+        that covers it (a plan whose query lengths stop short of the token budget).
         """
         batch = self._batch(requests)
-        while len(requests) > 1 and not self._covered(batch):
+        while len(requests) > 1 and not self._covered(self.prompt_buckets, batch.shape):
             dropped = requests.pop()
             if dropped in admitted:
                 self.running.remove(dropped)
@@ -189,16 +195,29 @@ class Scheduler:
                 dropped.blocks = []
                 self.waiting.appendleft(dropped)
             batch = self._batch(requests)
-        return batch
+        if self._covered(self.prompt_buckets, batch.shape) or self.prompt_buckets is None:
+            return batch
+        for q in sorted({b[1] for b in self.prompt_buckets if b[0] >= 1 and b[1] < batch.query_len}, reverse=True):
+            shorter = self._batch(requests, budget=q)
+            if self._covered(self.prompt_buckets, shorter.shape):
+                return shorter
+        return batch  # nothing covers it: the runner's miss policy decides
 
-    def _covered(self, batch: PrefillBatch) -> bool:
-        if self.prompt_buckets is None:
-            return True
-        return self.prompt_buckets.lookup(batch.shape, miss=MissPolicy.EAGER) is not None
+    @staticmethod
+    def _covered(buckets: BucketSet | None, shape: tuple[int, int, int]) -> bool:
+        return buckets is None or buckets.lookup(shape, miss=MissPolicy.EAGER) is not None
 
     # -- decode ------------------------------------------------------------------------------
 
     def _decode(self) -> DecodeBatch:
-        requests = tuple(self.running)
-        blocks = sum(math.ceil(r.cached / self.serving.block_size) for r in requests)
-        return DecodeBatch(requests, blocks)
+        requests = list(self.running)
+        while True:
+            blocks = sum(math.ceil(r.cached / self.serving.block_size) for r in requests)
+            batch = DecodeBatch(tuple(requests), blocks)
+            if len(requests) == 1 or self._covered(self.decode_buckets, batch.shape):
+                break
+            requests.pop()
+        if len(requests) < len(self.running):  # the others decode first next time
+            rest = [r for r in self.running if r not in requests]
+            self.running = rest + requests
+        return batch
