@@ -29,7 +29,7 @@ from warmgraph.compiler.registry import get_backend, require_device
 from warmgraph.engine.config import EngineConfig, SamplingParams
 from warmgraph.engine.scheduler import DecodeBatch, PrefillBatch, Request, Scheduler
 from warmgraph.engine.steps import Phase, decode_tensors, layer_runner, prefill_tensors, split_backend, step_runner
-from warmgraph.errors import ConfigError
+from warmgraph.errors import CacheWriteError, ConfigError
 from warmgraph.models.config import dtype_name
 from warmgraph.models.layer_inputs import LayerInputs, flatten_state, kv_cache_shape
 from warmgraph.models.llama import LlamaForCausalLM
@@ -131,7 +131,7 @@ class Engine:
         """
         t0 = time.perf_counter()
         by_workers: dict[tuple[str, Bucket], float] = {}
-        if workers > 1 and self.prefill.layer.persists:
+        if workers > 1 and self.prefill.layer.persists and self._workers_can_help():
             jobs = [(name, b) for name, phase in self.phases.items() for b in phase.layer.missing_from_cache()]
             if len(jobs) > 1:
                 by_workers = self._compile_in_workers(jobs, workers, progress)
@@ -149,6 +149,17 @@ class Engine:
                 entries.append(BucketWarmup(bucket, seconds, source, s.captured, s.capture_seconds, e.graph_bytes,
                                             s.device_bytes, phase=name))
         return WarmupReport(self.backend_name, entries, time.perf_counter() - t0, buffer_bytes)
+
+    def _workers_can_help(self) -> bool:
+        """Workers compile into the cache by backend name: the cache must be usable, and the name
+        must give the same backend (options included), or they would build other keys."""
+        cache = self.prefill.layer.cache
+        assert cache is not None
+        try:
+            cache.ensure()
+        except CacheWriteError:  # the builder reports it and keeps graphs in memory
+            return False
+        return get_backend(self.layer_backend.name, self.device.type).fingerprint() == self.layer_backend.fingerprint()
 
     def _compile_in_workers(self, jobs: list[tuple[str, Bucket]], workers: int,
                             progress: bool) -> dict[tuple[str, Bucket], float]:
