@@ -3,6 +3,7 @@ planned buckets, requests that can never run, bf16 checkpoints and tokenizers wi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -117,3 +118,34 @@ def test_other_plans_run_without_eager_fallbacks(default_ckpt: Path, strategy: s
     got = e.generate(prompts, SamplingParams(max_tokens=6))
     assert got["stats"]["eager_fallbacks"] == 0
     assert [c["token_ids"] for c in got["completions"]] == [c["token_ids"] for c in want["completions"]]
+
+
+def test_sampling_parameters_and_stop_tokens_do_what_they_say(default_ckpt: Path) -> None:
+    model, tokenizer, _ = load_checkpoint(default_ckpt)
+    e = Engine(model, tokenizer, EngineConfig(backend="eager", cache=None, serving=MULTI))
+    prompts = ["hello", "the cat watches the river"]
+    greedy = [c["token_ids"] for c in e.generate(prompts, SamplingParams(max_tokens=8))["completions"]]
+    hot = [c["token_ids"] for c in e.generate(prompts, SamplingParams(max_tokens=8, temperature=5.0, seed=1))[
+        "completions"]]
+    assert hot != greedy
+    for params in (SamplingParams(max_tokens=8, temperature=1e-6, seed=1),  # near zero: sharpened to greedy
+                   SamplingParams(max_tokens=8, temperature=1e-45, seed=1),  # no overflow at the extreme
+                   SamplingParams(max_tokens=8, temperature=5.0, top_p=1e-9, seed=1)):  # only the top token kept
+        assert [c["token_ids"] for c in e.generate(prompts, params)["completions"]] == greedy, params
+    # A stop token ends a request with reason "stop", the token included.
+    first = greedy[0][0]
+    e.mc = dataclasses.replace(e.mc, eos_token_id=first)
+    out = e.generate(prompts[:1], SamplingParams(max_tokens=8))
+    assert out["completions"][0]["token_ids"] == [first] and out["completions"][0]["finish_reason"] == "stop"
+
+
+def test_stats_count_what_happened(default_ckpt: Path) -> None:
+    e = engine(default_ckpt)
+    out = e.generate(PROMPTS, SamplingParams(max_tokens=6))
+    stats, completions = out["stats"], out["completions"]
+    assert stats["generated_tokens"] == sum(len(c["token_ids"]) for c in completions) == 6 * len(PROMPTS)
+    # every token after a request's first comes from a decode step
+    assert stats["decode_tokens"] == sum(len(c["token_ids"]) - 1 for c in completions)
+    assert 0 < stats["time_to_first_token_s"] <= stats["seconds"]
+    steps = len(e.last_schedule)
+    assert stats["graph_replays"] == steps and stats["eager_fallbacks"] == 0

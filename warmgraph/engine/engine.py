@@ -228,6 +228,7 @@ class Engine:
                 "time_to_first_token_s": round(min(ttft), 4) if ttft else None,
                 "generated_tokens": generated,
                 "tokens_per_s": round(generated / total, 2) if total > 0 else None,
+                "decode_tokens": decode_tokens,
                 "decode_tokens_per_s": round(decode_tokens / decode_s, 2) if decode_s > 0 else None,
                 "graph_replays": self.counter("replays") - before["replays"],
                 "eager_fallbacks": self.counter("eager_fallbacks") - before["eager_fallbacks"],
