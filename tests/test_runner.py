@@ -219,3 +219,17 @@ def test_inductor_recompile_after_warmup_is_counted_not_silent(caplog: pytest.Lo
     assert torch.equal(out, torch.full((4, 3), 3.0))  # correct answer, and...
     assert runner.counters["recompiles"] == 1  # ...counted
     assert any("recompiled after warmup" in r.message for r in caplog.records)  # ...and reported
+
+
+def test_inductor_past_the_recompile_limit_runs_eagerly_and_stays_correct(caplog: pytest.LogCaptureFixture) -> None:
+    global SCALE
+    runner = warmgraph.compile(_scaled, buckets=[4], example_inputs=(torch.randn(4, 3),), backend="inductor")
+    runner.warmup()
+    try:
+        with caplog.at_level(logging.WARNING, logger="warmgraph"):
+            for i in range(10):  # Dynamo allows 8 compiles of one function; then it would raise on every call
+                SCALE = 3.0 + i
+                assert torch.equal(runner(torch.ones(4, 3)), torch.full((4, 3), SCALE))
+    finally:
+        SCALE = 2.0
+    assert any("hit Dynamo's recompile limit" in r.message for r in caplog.records)

@@ -24,18 +24,36 @@ log = logging.getLogger("warmgraph")
 
 
 class InductorGraph:
-    """One bucket's compiled entry point; ``recompiles`` counts compiles after the first."""
+    """One bucket's compiled entry point; ``recompiles`` counts compiles after the first.
 
-    def __init__(self, label: str) -> None:
+    After Dynamo's per-function recompile limit (8) the bucket runs ``fn`` eagerly, logged
+    once: Dynamo would otherwise raise on every later call of a fullgraph function.
+    """
+
+    def __init__(self, fn: Callable[..., Any], label: str) -> None:
+        self.fn = fn
         self.label = label
         self.compiles = 0  # Inductor invocations by Dynamo for this bucket
         self.recompiles = 0
+        self.eager = False  # gave up compiling after the recompile limit
         self.compiled: Callable[..., Any] | None = None
 
     def __call__(self, *args: Any) -> Any:
         assert self.compiled is not None
+        if self.eager:
+            return self.fn(*args)
         before = self.compiles
-        out = self.compiled(*args)
+        try:
+            out = self.compiled(*args)
+        except Exception as exc:
+            from torch._dynamo.exc import FailOnRecompileLimitHit
+
+            if not isinstance(exc, FailOnRecompileLimitHit):
+                raise
+            self.eager = True
+            log.warning("warmgraph: bucket %s hit Dynamo's recompile limit after %d recompiles; running it eagerly "
+                        "from now on (a Python value the function reads keeps changing)", self.label, self.recompiles)
+            return self.fn(*args)
         if self.compiles != before and before > 0:
             self.recompiles += self.compiles - before
             if self.recompiles == self.compiles - before:  # the first time only
@@ -77,7 +95,7 @@ class InductorBackend:
         from torch._inductor.compile_fx import compile_fx
 
         self._count += 1
-        graph = InductorGraph(label=_shapes(example_inputs))
+        graph = InductorGraph(fn, label=_shapes(example_inputs))
         patches = self._config_patches() or None
 
         def backend(gm: torch.fx.GraphModule, inputs: list[Any]) -> Callable[..., Any]:
