@@ -9,7 +9,6 @@ cache or step inputs in host memory, copied state into buffers, or padded with t
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -49,20 +48,14 @@ def reference(default_ckpt: Path) -> dict[str, list[list[int]]]:
 
 
 def _step_buffer_bytes(engine: Engine) -> int:
-    """One largest-bucket set of each phase's step inputs (all int64), and nothing for the state."""
-    total = 0
-    for phase in engine.phases.values():
-        layout, buckets = phase.step.layout, phase.step.buckets
-        for spec in layout.args:
-            if spec.kind == "bucketed":
-                sizes = []
-                for b in buckets:
-                    shape = list(spec.shape)
-                    for d, axis in spec.bucketed:
-                        shape[d] = b[axis]
-                    sizes.append(math.prod(shape))
-                total += max(sizes) * spec.dtype.itemsize
-    return total
+    """One largest-bucket set of each phase's int64 step inputs, from the steps' documented shapes
+    (prefill ``ids, positions, slots (B, Q)``, ``ctx_blocks (B, C)``, ``ctx_lens, q_lens (B,)``; decode
+    ``ids, positions, slots (B, 1)``, ``block_list, block_seq, block_pos (N,)``, ``ctx_lens (B,)``), and
+    nothing for the model's weights and KV cache."""
+    prompt, decode = engine.plan.prompt, engine.plan.decode
+    prefill = 3 * max(b * q for b, q, _ in prompt) + max(b * c for b, _, c in prompt) + 2 * max(b for b, _, _ in prompt)
+    step = 3 * max(b for b, _, _ in decode) + 3 * max(n for _, _, n in decode) + max(b for b, _, _ in decode)
+    return 8 * (prefill + step)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

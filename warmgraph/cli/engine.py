@@ -148,7 +148,8 @@ def generate(model_dir: str | None, dtype: str | None, cache_dir: str | None, as
         click.echo(f"> {c['prompt']}")
         click.echo(f"  error: {c['error']}" if "error" in c else f"{c['text']}  [{c['finish_reason']}]")
     s = out["stats"]
+    first = f"{s['time_to_first_token_s']}s" if s["time_to_first_token_s"] is not None else "never (no request ran)"
     click.echo(f"\n{s['generated_tokens']} tokens in {s['seconds']:.2f}s ({s['tokens_per_s']} tok/s), "
-               f"first token after {s['time_to_first_token_s']}s; {s['graph_replays']} graph replays, "
+               f"first token after {first}; {s['graph_replays']} graph replays, "
                f"{s['eager_fallbacks']} eager fallbacks; warmup {s['warmup_seconds']:.2f}s "
                f"({s['graphs_loaded']} graphs loaded, {s['graphs_compiled']} compiled)")
