@@ -13,8 +13,7 @@ import weakref
 from typing import Any
 
 import torch
-from fake_runtime import _describe, _FakeRuntime, _places, _storage, _tensors
-from torch.overrides import TorchFunctionMode
+from fake_runtime import _describe, _DeviceCallMode, _FakeRuntime, _storage, _tensors
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -38,7 +37,7 @@ def _written(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[t
     return written
 
 
-class _HostWorkGuard(TorchFunctionMode):
+class _HostWorkGuard(_DeviceCallMode):
     """During capture: refuses torch calls that touch no device memory and place nothing on the device.
 
     Such a call is host work, which a device capture does not record. Its aten ops cannot tell (a
@@ -46,15 +45,8 @@ class _HostWorkGuard(TorchFunctionMode):
     Calls that only touch 0-dim tensors (``torch.tensor(2.0)``) are allowed: CPU scalars are baked in.
     """
 
-    def __init__(self, runtime: _FakeRuntime) -> None:
-        super().__init__()
-        self._rt = runtime
-
     def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
-        kwargs = kwargs or {}
-        inputs = _tensors((args, kwargs))
-        on_device = _places(self._rt, func, args, kwargs) or any(map(self._rt.is_device_tensor, inputs))
-        out = func(*args, **kwargs)
+        out, inputs, on_device = self._run(func, args, kwargs)
         host = [t for t in (*inputs, *_tensors(out)) if t.dim() > 0]
         if not on_device and host:
             name = torch.overrides.resolve_name(func) or getattr(func, "__name__", repr(func))

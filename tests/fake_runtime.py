@@ -74,18 +74,26 @@ def _places(runtime: _FakeRuntime, func: Any, args: tuple[Any, ...], kwargs: dic
     return False
 
 
-class _Placement(TorchFunctionMode):
-    """Registers as device memory what is placed on the fake's device or computed from device memory."""
+class _DeviceCallMode(TorchFunctionMode):
+    """A torch-level mode that runs each call and knows whether it touched the fake's device."""
 
     def __init__(self, runtime: _FakeRuntime) -> None:
         super().__init__()
         self._rt = runtime
 
-    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+    def _run(self, func: Any, args: tuple[Any, ...], kwargs: Any) -> tuple[Any, list[torch.Tensor], bool]:
+        """(the call's result, its tensor inputs, whether it placed on or read device memory)."""
         kwargs = kwargs or {}
         inputs = _tensors((args, kwargs))
         on_device = _places(self._rt, func, args, kwargs) or any(map(self._rt.is_device_tensor, inputs))
-        out = func(*args, **kwargs)
+        return func(*args, **kwargs), inputs, on_device
+
+
+class _Placement(_DeviceCallMode):
+    """Registers as device memory what is placed on the fake's device or computed from device memory."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None) -> Any:
+        out, _, on_device = self._run(func, args, kwargs)
         if on_device:
             for t in _tensors(out):
                 self._rt._register(t)
