@@ -190,7 +190,7 @@ def test_registry_and_device_detection(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_import_warmgraph_stays_light() -> None:
-    code = ("import sys, warmgraph, warmgraph.compiler, warmgraph.bucketing; "
+    code = ("import sys, warmgraph, warmgraph.compiler, warmgraph.bucketing, warmgraph.engine, warmgraph.cli.main; "
             "bad = [m for m in ('torch', 'torch_npu', 'habana_frameworks', 'vllm') if m in sys.modules]; "
             "print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
