@@ -58,8 +58,9 @@ def split_backend(backend: Backend) -> tuple[Backend, Backend]:
     if not backend.captures:
         return backend, get_backend("eager")
     layers = getattr(backend, "inner", None) or get_backend("eager")
-    steps = copy.copy(backend)
+    steps = copy.copy(backend)  # the same device API; its own pool, stream and log from the first capture
     steps.inner = None  # type: ignore[attr-defined]  # the layers it replays come from their own runner
+    steps.captures_log = []  # type: ignore[attr-defined]
     return layers, steps
 
 
