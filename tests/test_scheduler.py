@@ -106,18 +106,22 @@ def test_a_stall_raises_instead_of_dropping_requests() -> None:
         s.schedule()
 
 
-def test_chunked_prefill_reads_earlier_chunks_as_context() -> None:
-    s = Scheduler(serving(max_num_batched_tokens=16, max_model_len=128, num_blocks=8))
-    r = request(0, 40, 2)
-    s.add(r)
+def prefill_shapes(s: Scheduler, steps: int) -> list[tuple[int, int, int]]:
+    """The shapes of the next ``steps`` prefill steps, each chunk marked as cached after it."""
     shapes = []
-    for _ in range(3):
+    for _ in range(steps):
         batch = s.schedule()
         assert isinstance(batch, PrefillBatch)
         shapes.append(batch.shape)
         for c in batch.chunks:
             c.request.cached = c.end
-    assert shapes == [(1, 16, 0), (1, 16, 1), (1, 8, 2)]
+    return shapes
+
+
+def test_chunked_prefill_reads_earlier_chunks_as_context() -> None:
+    s = Scheduler(serving(max_num_batched_tokens=16, max_model_len=128, num_blocks=8))
+    s.add(request(0, 40, 2))
+    assert prefill_shapes(s, 3) == [(1, 16, 0), (1, 16, 1), (1, 8, 2)]
 
 
 def test_multi_request_prefill_only_with_a_covering_bucket() -> None:
@@ -158,14 +162,7 @@ def test_a_chunk_no_bucket_covers_is_cut_to_one_that_is() -> None:
     buckets = BucketSet([(1, 8, 0), (1, 16, 0), (1, 16, 1), (1, 16, 2)], dims=("batch", "query_len", "ctx_blocks"))
     s = Scheduler(serving(max_num_batched_tokens=32, num_blocks=8), buckets)
     s.add(request(0, 30, 2))
-    shapes = []
-    for _ in range(2):
-        batch = s.schedule()
-        assert isinstance(batch, PrefillBatch)
-        shapes.append(batch.shape)
-        for c in batch.chunks:
-            c.request.cached = c.end
-    assert shapes == [(1, 16, 0), (1, 14, 1)]
+    assert prefill_shapes(s, 2) == [(1, 16, 0), (1, 14, 1)]
 
 
 def test_a_decode_batch_no_bucket_covers_goes_in_turns() -> None:
