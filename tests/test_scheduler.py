@@ -126,17 +126,19 @@ def test_chunked_prefill_reads_earlier_chunks_as_context() -> None:
 
 def test_multi_request_prefill_only_with_a_covering_bucket() -> None:
     limits = serving(max_num_batched_tokens=64, max_num_prefill_seqs=2, num_blocks=8, max_num_seqs=4)
-    covered = Scheduler(limits, BucketSet([(1, 64, 0), (2, 32, 0)], dims=("batch", "query_len", "ctx_blocks")))
-    a, b = request(0, 20, 2), request(1, 30, 2)
-    covered.add(a)
-    covered.add(b)
+
+    def two_waiting(buckets: list[tuple[int, int, int]]) -> tuple[Scheduler, Request, Request]:
+        s = Scheduler(limits, BucketSet(buckets, dims=("batch", "query_len", "ctx_blocks")))
+        first, second = request(0, 20, 2), request(1, 30, 2)
+        s.add(first)
+        s.add(second)
+        return s, first, second
+
+    covered, _, _ = two_waiting([(1, 64, 0), (2, 32, 0)])
     batch = covered.schedule()
     assert isinstance(batch, PrefillBatch) and batch.shape == (2, 30, 0)
     # Without a batch-2 bucket the same requests go one at a time, never to a shape no graph covers.
-    single = Scheduler(limits, BucketSet([(1, 64, 0), (2, 16, 0)], dims=("batch", "query_len", "ctx_blocks")))
-    c, d = request(0, 20, 2), request(1, 30, 2)
-    single.add(c)
-    single.add(d)
+    single, c, d = two_waiting([(1, 64, 0), (2, 16, 0)])
     first = single.schedule()
     assert isinstance(first, PrefillBatch) and first.shape == (1, 20, 0)
     assert list(single.waiting) == [d] and d.blocks == [] and single.free_blocks == 8 - 2
