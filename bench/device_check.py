@@ -65,7 +65,7 @@ def main() -> None:
         print(json.dumps({"skipped": "no CUDA device: run this on an NVIDIA GPU"}))
         return
     from warmgraph.engine import Engine, EngineConfig, serving_limits
-    from warmgraph.models.default import ensure_default_model
+    from warmgraph.models.tiny import ensure_tiny_model
     from warmgraph.models.loader import load_checkpoint
 
     limits = serving_limits(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=128, block_size=64)  # 10 graphs
@@ -75,7 +75,7 @@ def main() -> None:
                               "backends": {}}
     with tempfile.TemporaryDirectory(prefix="warmgraph-device-check-") as tmp:
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(Path(tmp) / "inductor")  # a cold start, as a new machine
-        path = ensure_default_model(Path(tmp))
+        path = ensure_tiny_model(Path(tmp))
         model, tokenizer, _ = load_checkpoint(path)
         eager = Engine(model, tokenizer, EngineConfig(serving=limits, backend="eager", device="cuda", cache=None))
         eager.warmup()

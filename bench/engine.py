@@ -39,11 +39,11 @@ def decode_rates(cache: str) -> dict[str, dict[str, float]]:
     import torch
 
     from warmgraph.engine import Engine, EngineConfig, SamplingParams, serving_limits
-    from warmgraph.models.default import ensure_default_model
+    from warmgraph.models.tiny import ensure_tiny_model
     from warmgraph.models.loader import load_checkpoint
 
     torch.set_num_threads(1)  # tiny matmuls: extra threads only add barriers, for both backends alike
-    model, tokenizer, _ = load_checkpoint(ensure_default_model())
+    model, tokenizer, _ = load_checkpoint(ensure_tiny_model())
     rates: dict[str, dict[str, float]] = {}
     for backend in ("eager", "aot"):
         limits = serving_limits(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=256, block_size=32)

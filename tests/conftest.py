@@ -33,9 +33,9 @@ def one_thread() -> object:
 @pytest.fixture(scope="module")
 def default_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded default model, generated into a private root for this module."""
-    from warmgraph.models.default import ensure_default_model
+    from warmgraph.models.tiny import ensure_tiny_model
 
-    return ensure_default_model(tmp_path_factory.mktemp("root"))
+    return ensure_tiny_model(tmp_path_factory.mktemp("root"))
 
 
 @pytest.fixture

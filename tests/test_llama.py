@@ -23,7 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from warmgraph.errors import ConfigError, WarmgraphError
-from warmgraph.models.default import MODEL_NAME, TINY_CONFIG, build_tokenizer, default_model_dir, ensure_default_model
+from warmgraph.models.tiny import MODEL_NAME, TINY_CONFIG, build_tokenizer, ensure_tiny_model, tiny_model_dir
 from warmgraph.models.llama import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -318,12 +318,12 @@ def test_config_round_trips_and_validates() -> None:
 
 def test_default_model_is_deterministic_across_processes(default_ckpt: Path, tmp_path: Path) -> None:
     other = tmp_path / "other-root"
-    code = "import sys, pathlib; from warmgraph.models.default import ensure_default_model as e; " \
+    code = "import sys, pathlib; from warmgraph.models.tiny import ensure_tiny_model as e; " \
            "print(e(pathlib.Path(sys.argv[1])))"
     env = {**os.environ, "PYTHONHASHSEED": "12345"}
     out = subprocess.run([sys.executable, "-c", code, str(other)], env=env, check=True, capture_output=True, text=True)
     second = Path(out.stdout.strip())
-    assert second == default_model_dir(other) and second.name == MODEL_NAME
+    assert second == tiny_model_dir(other) and second.name == MODEL_NAME
     names = sorted(p.name for p in default_ckpt.iterdir())
     assert names == sorted(p.name for p in second.iterdir())
     assert {"config.json", "model.safetensors", "tokenizer.json", "generation_config.json"} <= set(names)
@@ -339,14 +339,14 @@ def test_default_model_concurrent_callers_and_leftovers(tmp_path: Path) -> None:
     leftover = models / f".{MODEL_NAME}.tmp.999999.deadbeef"
     leftover.mkdir()  # a writer that crashed mid-way
     results: list[Path] = []
-    threads = [threading.Thread(target=lambda: results.append(ensure_default_model(tmp_path))) for _ in range(2)]
+    threads = [threading.Thread(target=lambda: results.append(ensure_tiny_model(tmp_path))) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert results == [default_model_dir(tmp_path)] * 2
+    assert results == [tiny_model_dir(tmp_path)] * 2
     assert not leftover.exists()
-    assert ensure_default_model(tmp_path) == results[0]
+    assert ensure_tiny_model(tmp_path) == results[0]
 
 
 def test_default_tokenizer_round_trips_ascii(default_ckpt: Path) -> None:

@@ -1,4 +1,4 @@
-"""The embedded default model: a tiny Llama generated in code, so warmgraph works offline.
+"""The tiny model: a random Llama generated in code, for tests and quick checks (``--model tiny``).
 
 Nothing binary is committed. The tokenizer is a byte-level BPE trained with the ``tokenizers``
 library on an English-like corpus built here from a fixed seed, and the weights come from a
@@ -7,25 +7,21 @@ seeded ``torch.Generator``; two generations give byte-identical files. The model
 matters to graphs and kernels: grouped-query attention, llama3 RoPE scaling with all three
 frequency bands in use, tied embeddings, a Hugging Face checkpoint layout.
 
-``ensure_default_model`` writes it once into ``<graph cache root>/models/warmgraph-tiny-llama-v1``:
-into a temporary directory beside it first, renamed into place in one step under a file lock,
-so a crash leaves nothing half-written and concurrent callers generate it once.
+``ensure_tiny_model`` writes it once into ``<graph cache root>/models/warmgraph-tiny-llama-v1``:
+through ``atomic.build_once``, so a crash leaves nothing half-written and concurrent callers
+generate it once.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
-import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from filelock import FileLock
 
-from warmgraph.errors import WarmgraphError
 from warmgraph.graph_cache.store import default_root
+from warmgraph.models.atomic import build_once
 from warmgraph.models.llama import LlamaConfig, LlamaForCausalLM, random_state_dict
 from warmgraph.models.loader import save_checkpoint
 
@@ -116,7 +112,7 @@ def build_tokenizer(vocab_size: int = TINY_CONFIG.vocab_size) -> Tokenizer:
     return tokenizer
 
 
-def build_default_model() -> tuple[LlamaForCausalLM, Tokenizer, LlamaConfig]:
+def build_tiny_model() -> tuple[LlamaForCausalLM, Tokenizer, LlamaConfig]:
     """The default model in memory (float32, eval mode). Leaves the global torch RNG untouched."""
     tokenizer = build_tokenizer()
     if tokenizer.get_vocab_size() > TINY_CONFIG.vocab_size:
@@ -126,58 +122,19 @@ def build_default_model() -> tuple[LlamaForCausalLM, Tokenizer, LlamaConfig]:
     return model, tokenizer, TINY_CONFIG
 
 
-def default_model_dir(root: Path | None = None) -> Path:
+def tiny_model_dir(root: Path | None = None) -> Path:
     """``<root>/models/warmgraph-tiny-llama-v1``; ``root`` defaults to the graph cache root."""
     return (Path(root).expanduser() if root is not None else default_root()) / "models" / MODEL_NAME
 
 
-def _mkdir_private(path: Path) -> None:
-    if not path.exists():
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+def ensure_tiny_model(root: Path | None = None) -> Path:
+    """The tiny model's checkpoint directory, generated on first use; returns its path.
 
-
-def _fsync_tree(path: Path) -> None:
-    for item in [*sorted(path.iterdir()), path]:
-        fd = os.open(item, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def ensure_default_model(root: Path | None = None) -> Path:
-    """The default model's checkpoint directory, generated on first use; returns its path.
-
-    Safe against crashes (temp dir + one rename) and concurrent callers (a file lock; the others
-    wait and reuse the result). Directories are created 0700. Raises WarmgraphError naming the
-    path if it cannot be written.
+    Safe against crashes and concurrent callers (``atomic.build_once``). Raises WarmgraphError
+    naming the path if it cannot be written.
     """
-    target = default_model_dir(root)
-    if target.is_dir():  # only a finished directory is ever renamed to this name
-        return target
-    models = target.parent
-    try:
-        _mkdir_private(models.parent)
-        _mkdir_private(models)
-        with FileLock(str(models / f".{MODEL_NAME}.lock")):
-            if target.is_dir():
-                return target
-            # Writers work only under this lock, so any temp dir left here belongs to a dead one.
-            for leftover in models.glob(f".{MODEL_NAME}.tmp.*"):
-                shutil.rmtree(leftover, ignore_errors=True)
-            tmp = models / f".{MODEL_NAME}.tmp.{os.getpid()}.{uuid.uuid4().hex[:8]}"
-            tmp.mkdir(mode=0o700)
-            os.chmod(tmp, 0o700)
-            try:
-                model, tokenizer, config = build_default_model()
-                save_checkpoint(model, tokenizer, config, tmp)
-                _fsync_tree(tmp)
-                os.replace(tmp, target)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-    except OSError as exc:
-        raise WarmgraphError(f"cannot write the default model into {models}: {exc.strerror or exc}; "
-                             "point --cache-dir (or WARMGRAPH_CACHE_DIR) at a writable directory") from None
-    return target
+    def build(tmp: Path) -> None:
+        model, tokenizer, config = build_tiny_model()
+        save_checkpoint(model, tokenizer, config, tmp)
+
+    return build_once(tiny_model_dir(root), build)
