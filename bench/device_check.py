@@ -65,8 +65,8 @@ def main() -> None:
         print(json.dumps({"skipped": "no CUDA device: run this on an NVIDIA GPU"}))
         return
     from warmgraph.engine import Engine, EngineConfig, serving_limits
-    from warmgraph.models.tiny import ensure_tiny_model
     from warmgraph.models.loader import load_checkpoint
+    from warmgraph.models.tiny import ensure_tiny_model
 
     limits = serving_limits(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=128, block_size=64)  # 10 graphs
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,

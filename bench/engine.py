@@ -39,8 +39,8 @@ def decode_rates(cache: str) -> dict[str, dict[str, float]]:
     import torch
 
     from warmgraph.engine import Engine, EngineConfig, SamplingParams, serving_limits
-    from warmgraph.models.tiny import ensure_tiny_model
     from warmgraph.models.loader import load_checkpoint
+    from warmgraph.models.tiny import ensure_tiny_model
 
     torch.set_num_threads(1)  # tiny matmuls: extra threads only add barriers, for both backends alike
     model, tokenizer, _ = load_checkpoint(ensure_tiny_model())

@@ -236,8 +236,9 @@ ROWS = [
 
 # -- warmup and generate: refused before any model is loaded, except the model-directory rows ----
 _CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
-WARMUP = ["WARMGRAPH_CACHE_DIR={absent}", "warmup", "--backend", "eager"]
-GENERATE = ["WARMGRAPH_CACHE_DIR={absent}", "generate", "--backend", "eager", "--prompt", "hi"]
+WARMUP = ["WARMGRAPH_CACHE_DIR={absent}", "warmup", "--model", "tiny", "--backend", "eager"]
+WARMUP_DIR = ["WARMGRAPH_CACHE_DIR={absent}", "warmup", "--backend", "eager"]  # a MODEL_DIR follows
+GENERATE = ["WARMGRAPH_CACHE_DIR={absent}", "generate", "--model", "tiny", "--backend", "eager", "--prompt", "hi"]
 ROWS += [
     pytest.param([*WARMUP, "--block-size", "0"], "block_size is 0; --block-size must be a positive integer",
                  id="warmup-block-size-zero"),
@@ -271,9 +272,14 @@ ROWS += [
     pytest.param([*WARMUP, "--backend", "cuda_graph:foo"], "not cuda_graph:foo", id="warmup-capture-over-unknown"),
     pytest.param([*WARMUP, "--backend", "aot:inductor"], "only capture backends", id="warmup-colon-not-capture"),
     pytest.param([*WARMUP, "--dtype", "int8"], "'int8' is not one of", id="warmup-bad-dtype"),
-    pytest.param([*WARMUP, "{missing}"], "does not exist", id="warmup-model-missing"),
-    pytest.param([*WARMUP, "{file}"], "is not a directory", id="warmup-model-is-a-file"),
-    pytest.param([*WARMUP, "{dir}"], "config.json is missing", id="warmup-model-empty-dir"),
+    pytest.param([*WARMUP_DIR, "{missing}"], "does not exist", id="warmup-model-missing"),
+    pytest.param([*WARMUP_DIR, "{file}"], "is not a directory", id="warmup-model-is-a-file"),
+    pytest.param([*WARMUP_DIR, "{dir}"], "config.json is missing", id="warmup-model-empty-dir"),
+    pytest.param([*WARMUP, "{dir}"], "give MODEL_DIR or --model, not both", id="warmup-model-dir-and-name"),
+    pytest.param([*WARMUP_DIR, "--model", "huge"], "'huge' is not one of", id="warmup-unknown-model"),
+    pytest.param([*GENERATE, "--system", "be brief"], "--system is the system turn of a chat; add --chat",
+                 id="generate-system-without-chat"),
+    pytest.param([*GENERATE, "--chat"], "has no chat template", id="generate-chat-without-template"),
     pytest.param([*WARMUP, "--max-model-len", "1024"], "above the model's max_position_embeddings 512",
                  id="warmup-len-beyond-model"),
     pytest.param([*GENERATE, "--temperature", "nan"], "temperature is nan", id="generate-temperature-nan"),

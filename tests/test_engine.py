@@ -111,7 +111,7 @@ def test_seeded_sampling_is_reproducible(default_ckpt: Path) -> None:
 def test_ctrl_c_during_warmup_leaves_a_cache_the_next_run_uses(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     env = {**os.environ, "WARMGRAPH_CACHE_DIR": str(cache), "PYTHONWARNINGS": "ignore"}
-    args = [sys.executable, "-m", "warmgraph", "warmup", "--backend", "aot", "--workers", "1",
+    args = [sys.executable, "-m", "warmgraph", "warmup", "--model", "tiny", "--backend", "aot", "--workers", "1",
             "--max-num-seqs", "2", "--max-num-batched-tokens", "32", "--max-model-len", "64", "--block-size", "32"]
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300

@@ -23,7 +23,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from warmgraph.errors import ConfigError, WarmgraphError
-from warmgraph.models.tiny import MODEL_NAME, TINY_CONFIG, build_tokenizer, ensure_tiny_model, tiny_model_dir
 from warmgraph.models.llama import (
     LlamaConfig,
     LlamaForCausalLM,
@@ -32,6 +31,7 @@ from warmgraph.models.llama import (
     rope_inv_freq,
 )
 from warmgraph.models.loader import load_checkpoint, save_checkpoint
+from warmgraph.models.tiny import MODEL_NAME, TINY_CONFIG, build_tokenizer, ensure_tiny_model, tiny_model_dir
 
 GQA_CONFIG = LlamaConfig(
     vocab_size=600, hidden_size=96, intermediate_size=200, num_hidden_layers=3, num_attention_heads=6,

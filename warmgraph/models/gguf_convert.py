@@ -196,7 +196,9 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _write_directory(model: GGUFModel, out: Path, dtype: torch.dtype, progress: bool) -> None:
+def write_converted(model: GGUFModel, out: Path, dtype: torch.dtype, progress: bool = False) -> None:
+    """Write the Hugging Face files for ``model`` into the existing directory ``out`` (not atomic
+    by itself: callers write into a temporary directory, as ``convert_gguf`` does)."""
     from safetensors.torch import save_file
     from tqdm import tqdm
 
@@ -245,7 +247,7 @@ def convert_gguf(src: str | os.PathLike[str], out_dir: str | os.PathLike[str], d
                              "remove it")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_directory(out, lambda tmp: _write_directory(model, tmp, torch_dtype(dtype), progress))
+        write_directory(out, lambda tmp: write_converted(model, tmp, torch_dtype(dtype), progress))
     except OSError as exc:
         raise WarmgraphError(f"cannot write {out}: {exc.strerror or exc}") from None
     return model
