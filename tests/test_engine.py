@@ -127,3 +127,15 @@ def test_ctrl_c_during_warmup_leaves_a_cache_the_next_run_uses(tmp_path: Path) -
     rerun = subprocess.run([*args, "--json"], env=env, capture_output=True, text=True, timeout=600, check=True)
     result = json.loads(rerun.stdout)
     assert result["loaded"] >= 1 and result["loaded"] + result["compiled"] == result["buckets"] == 6
+
+
+def test_default_threads_leave_busy_cores_alone() -> None:
+    from warmgraph.engine.config import default_threads
+
+    assert default_threads(cores=2, load=0.1, env={}) == 2
+    assert default_threads(cores=2, load=1.2, env={}) == 1  # one core taken by other work
+    assert default_threads(cores=2, load=3.9, env={}) == 1  # never below one
+    assert default_threads(cores=16, load=5.4, env={}) == 11
+    assert default_threads(cores=16, load=30.0, env={"OMP_NUM_THREADS": "4"}) == 4  # the user's word wins
+    assert default_threads(cores=2, load=0.0, env={"OMP_NUM_THREADS": "8"}) == 2  # but not past the cores
+    assert default_threads(cores=4, load=0.0, env={"OMP_NUM_THREADS": "x"}) == 4

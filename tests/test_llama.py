@@ -6,6 +6,7 @@ this module errors rather than skipping, so the parity tests can never pass by n
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -27,7 +28,9 @@ from warmgraph.models.llama import (
     LlamaConfig,
     LlamaForCausalLM,
     causal_attention,
+    expected_shapes,
     greedy_generate_reference,
+    random_state_dict,
     rope_inv_freq,
 )
 from warmgraph.models.loader import load_checkpoint, save_checkpoint
@@ -361,3 +364,20 @@ def test_default_tokenizer_round_trips_ascii(default_ckpt: Path) -> None:
         assert tokenizer.decode(ids) == text
     assert len(tokenizer.encode(PROMPTS[0]).ids) < len(PROMPTS[0]) / 2  # merges learnt, not bytes only
     assert build_tokenizer().to_str() == tokenizer.to_str()
+
+
+def test_expected_shapes_are_the_modules_own() -> None:
+    for config in (TINY_CONFIG, GQA_CONFIG, dataclasses.replace(GQA_CONFIG, tie_word_embeddings=False, head_dim=24)):
+        with torch.device("meta"):
+            module = LlamaForCausalLM(config)
+        shapes = {name: tuple(t.shape) for name, t in module.state_dict().items()}
+        if config.tie_word_embeddings:
+            shapes.pop("lm_head.weight")
+        assert expected_shapes(config) == shapes
+
+
+def test_building_from_a_state_dict_leaves_nn_init_intact() -> None:
+    before = (torch.nn.init.normal_, torch.nn.init.uniform_, torch.nn.init.kaiming_uniform_)
+    LlamaForCausalLM.from_state_dict(TINY_CONFIG, random_state_dict(TINY_CONFIG, torch.Generator().manual_seed(0)))
+    assert (torch.nn.init.normal_, torch.nn.init.uniform_, torch.nn.init.kaiming_uniform_) == before
+    assert torch.nn.Linear(4, 4).weight.abs().sum() > 0  # a fresh module is still initialised

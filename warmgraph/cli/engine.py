@@ -16,7 +16,7 @@ import click
 
 from warmgraph.bucketing.plans import STRATEGIES
 from warmgraph.cli.output import emit_json, table
-from warmgraph.engine.config import DEFAULT_SERVING, DEVICES, EngineConfig, SamplingParams
+from warmgraph.engine.config import DEFAULT_SERVING, DEVICES, EngineConfig, SamplingParams, default_threads
 from warmgraph.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL
 
 _ENGINE = {f.name: f.default for f in fields(EngineConfig)}
@@ -45,7 +45,9 @@ def _engine_options(f: Any) -> Any:
         click.option("--block-size", type=int, default=s.block_size, show_default=True),
         click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
                      help="Weights dtype [the checkpoint's]."),
-        click.option("--threads", type=int, default=None, help="Torch threads [torch's default]."),
+        click.option("--threads", type=int, default=None,
+                     help="Torch threads [$OMP_NUM_THREADS, else the idle cores: cores minus the 1-minute load "
+                          "average, at least 1; threads on busy cores slow every matmul]."),
         click.option("--cache-dir", help="Graph cache root [$WARMGRAPH_CACHE_DIR or ~/.cache/warmgraph]."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object and nothing else."),
     ]
@@ -62,7 +64,8 @@ def _config(kw: dict[str, Any], cache: Any) -> EngineConfig:
                              max_model_len=kw["max_model_len"], block_size=kw["block_size"],
                              max_num_prefill_seqs=kw["max_num_prefill_seqs"])
     return EngineConfig(serving=serving, strategy=kw["strategy"], bucket_file=kw["bucket_file"],
-                        backend=kw["backend"], device=kw["device"], cache=cache, threads=kw["threads"])
+                        backend=kw["backend"], device=kw["device"], cache=cache,
+                        threads=kw["threads"] if kw["threads"] is not None else default_threads())
 
 
 def _build(model_dir: str | None, dtype: str | None, cache_dir: str | None, kw: dict[str, Any],
@@ -110,6 +113,7 @@ def warmup(model_dir: str | None, dtype: str | None, cache_dir: str | None, as_j
         "model": path, "backend": report.backend, "device": engine.device.type, "buckets": len(report.entries),
         **by_phase, "compiled": sources["compiled"], "loaded": sources["loaded"], "ready": sources["ready"],
         "captured": report.captured, "seconds": round(report.seconds, 3), "workers": workers,
+        "threads": engine.config.threads,
         "graph_bytes": totals["graph_bytes"], "device_bytes": totals["device_bytes"],
         "buffer_bytes": totals["buffer_bytes"], "cache": str(engine.prefill.layer.cache.root),
         "entries": totals["entries"],
@@ -167,7 +171,7 @@ def generate(model_dir: str | None, dtype: str | None, cache_dir: str | None, as
             completion.update(prompt=prompt, chat_prompt=text)  # the user's words, and what the model read
     out["stats"].update(warmup_seconds=round(report.seconds, 3), graphs_compiled=engine.counter("compiles"),
                         graphs_loaded=engine.counter("cache_hits"), backend=engine.backend_name,
-                        device=engine.device.type)
+                        device=engine.device.type, threads=engine.config.threads)
     if as_json:
         emit_json({"model": path, **out})
         return
@@ -179,4 +183,4 @@ def generate(model_dir: str | None, dtype: str | None, cache_dir: str | None, as
     click.echo(f"\n{s['generated_tokens']} tokens in {s['seconds']:.2f}s ({s['tokens_per_s']} tok/s), "
                f"first token after {first}; {s['graph_replays']} graph replays, "
                f"{s['eager_fallbacks']} eager fallbacks; warmup {s['warmup_seconds']:.2f}s "
-               f"({s['graphs_loaded']} graphs loaded, {s['graphs_compiled']} compiled)")
+               f"({s['graphs_loaded']} graphs loaded, {s['graphs_compiled']} compiled); {s['threads']} threads")

@@ -38,6 +38,26 @@ def serving_limits(max_num_seqs: int = 4, max_num_batched_tokens: int = 64, max_
 DEFAULT_SERVING = serving_limits()
 
 
+def default_threads(cores: int | None = None, load: float | None = None, env: dict[str, str] | None = None) -> int:
+    """Torch threads for a command-line run: ``$OMP_NUM_THREADS`` when set, else the cores this
+    process may use minus the ones other work keeps busy (the 1-minute load average), at least 1.
+
+    Why not every core: OpenMP threads spin at barriers, so a thread that shares its core with
+    another busy process stalls every matmul; on a 2-core machine with one other busy process,
+    two threads decoded 3-4 times slower than one, and 10-20 times slower was seen under heavier
+    load. ``cores``, ``load`` and ``env`` are for tests; they default to this machine's values.
+    """
+    env = os.environ if env is None else env
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    omp = env.get("OMP_NUM_THREADS", "")
+    if omp.isdigit() and int(omp) > 0:
+        return min(int(omp), cores)
+    if load is None:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, cores - round(load)))
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How the engine serves: limits, the bucket plan, the backend, the device, the graph cache.

@@ -18,8 +18,9 @@ step. ``greedy_generate_reference`` is the one exception, and it is for tests.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -71,7 +72,14 @@ class LlamaRotaryEmbedding(nn.Module):
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
         self.config = config
-        self.reset_tables()
+        if torch.get_default_device().type == "meta":
+            # Built for from_state_dict, which computes the tables on the real device next;
+            # meta math would run through torch's Python reference ops (a torch._dynamo import).
+            shape = (config.max_position_embeddings, config.head_dim)
+            self.register_buffer("cos_cached", torch.empty(shape), persistent=False)
+            self.register_buffer("sin_cached", torch.empty(shape), persistent=False)
+        else:
+            self.reset_tables()
 
     def reset_tables(self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> None:
         """(Re)compute the tables on ``device``; used after building a model on the meta device."""
@@ -256,7 +264,7 @@ class LlamaForCausalLM(nn.Module):
         without a random init: the module is built on the meta device and the tensors are
         assigned, so they keep their device and dtype (all must share both). Raises RuntimeError
         from ``load_state_dict`` on missing or mis-shaped tensors; the loader checks first."""
-        with torch.device("meta"):
+        with torch.device("meta"), _skip_random_init():
             model = cls(config)
         full = dict(state)
         if config.tie_word_embeddings:
@@ -309,14 +317,44 @@ class LlamaForCausalLM(nn.Module):
         return self.logits(hidden)
 
 
+@contextlib.contextmanager
+def _skip_random_init() -> Iterator[None]:
+    """Skip the random fills of nn.Linear/nn.Embedding constructors while building on meta.
+
+    The weights are assigned right after, so the fills are wasted, and on meta tensors torch
+    runs them through Python reference ops whose first use imports torch._dynamo: 1.5-3 s of
+    every warm start here. Constructors look ``nn.init.<fn>`` up at call time, so swapping the
+    functions for no-ops during construction is enough (module construction is single-threaded).
+    """
+    names = ("normal_", "uniform_", "kaiming_uniform_")
+    saved = {name: getattr(nn.init, name) for name in names}
+    try:
+        for name in names:
+            setattr(nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(nn.init, name, fn)
+
+
 def expected_shapes(config: LlamaConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor a checkpoint must hold for ``config``, by transformers name, with its shape
-    (``lm_head.weight`` left out when the embeddings are tied)."""
-    with torch.device("meta"):
-        model = LlamaForCausalLM(config)
-    shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    if config.tie_word_embeddings:
-        shapes.pop("lm_head.weight")
+    (``lm_head.weight`` left out when the embeddings are tied). Computed from the config; a
+    test holds it equal to the module's own ``state_dict`` shapes."""
+    h, inter, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
+    q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (vocab, h)}
+    for i in range(config.num_hidden_layers):
+        layer = f"model.layers.{i}."
+        shapes.update({
+            f"{layer}self_attn.q_proj.weight": (q, h), f"{layer}self_attn.k_proj.weight": (kv, h),
+            f"{layer}self_attn.v_proj.weight": (kv, h), f"{layer}self_attn.o_proj.weight": (h, q),
+            f"{layer}mlp.gate_proj.weight": (inter, h), f"{layer}mlp.up_proj.weight": (inter, h),
+            f"{layer}mlp.down_proj.weight": (h, inter), f"{layer}input_layernorm.weight": (h,),
+            f"{layer}post_attention_layernorm.weight": (h,)})
+    shapes["model.norm.weight"] = (h,)
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (vocab, h)
     return shapes
 
 
