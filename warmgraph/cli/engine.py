@@ -139,35 +139,40 @@ def warmup(model_dir: str | None, dtype: str | None, cache_dir: str | None, as_j
 
 @click.command("generate")
 @_engine_options
-@click.option("--prompt", "prompts", multiple=True, required=True, help="A prompt; repeat for a batch.")
+@click.option("--prompt", "prompts", multiple=True, help="A prompt, sent as is; repeat for a batch.")
+@click.option("--chat-prompt", "chat_prompts", multiple=True,
+              help="A user turn, rendered by the model's chat template; mixes with --prompt in one batch.")
 @click.option("--max-tokens", type=int, default=_SAMPLING["max_tokens"], show_default=True)
 @click.option("--temperature", type=float, default=_SAMPLING["temperature"], show_default=True, help="0 is greedy.")
 @click.option("--top-p", type=float, default=_SAMPLING["top_p"], show_default=True)
 @click.option("--seed", type=int, default=_SAMPLING["seed"])
-@click.option("--chat", is_flag=True, help="Send each prompt as a user turn through the model's chat template.")
-@click.option("--system", help="The system turn for --chat [the template's default].")
+@click.option("--chat", is_flag=True, help="Send every --prompt as a chat turn too.")
+@click.option("--system", help="The system turn of the chat turns [the template's default].")
 def generate(model_dir: str | None, dtype: str | None, cache_dir: str | None, as_json: bool, prompts: tuple[str, ...],
-             max_tokens: int, temperature: float, top_p: float, seed: int | None, chat: bool, system: str | None,
-             **kw: Any) -> None:
-    """Generate text for each --prompt through the warmed graphs, and report the stats.
+             chat_prompts: tuple[str, ...], max_tokens: int, temperature: float, top_p: float, seed: int | None,
+             chat: bool, system: str | None, **kw: Any) -> None:
+    """Generate text for each --prompt and --chat-prompt through the warmed graphs, and report the stats.
 
-    With --chat the prompt is rendered by the model's chat template and generation stops at the
-    end-of-turn token.
+    A chat turn is rendered by the model's chat template (with --system as its system turn) and
+    stops at the end-of-turn token.
     """
     params = SamplingParams(max_tokens, temperature, top_p, seed)  # checked before anything loads
-    if system is not None and not chat:
-        raise click.UsageError("--system is the system turn of a chat; add --chat")
+    turns = [(p, chat) for p in prompts] + [(p, True) for p in chat_prompts]
+    if not turns:
+        raise click.UsageError("nothing to generate: give --prompt TEXT or --chat-prompt TEXT (repeatable)")
+    if system is not None and not any(is_chat for _, is_chat in turns):
+        raise click.UsageError("--system is the system turn of a chat; add --chat or use --chat-prompt")
     engine, path = _build(model_dir, dtype, cache_dir, kw, progress=not as_json)
-    texts = list(prompts)
-    if chat:
+    texts = [p for p, _ in turns]
+    if any(is_chat for _, is_chat in turns):
         from warmgraph.models.chat import chat_messages, read_chat_template, render_chat
 
         template, special = read_chat_template(path)
-        texts = [render_chat(template, chat_messages(p, system), special) for p in prompts]
+        texts = [render_chat(template, chat_messages(p, system), special) if is_chat else p for p, is_chat in turns]
     report = engine.warmup(progress=False)
     out = engine.generate(texts, params)
-    if chat:
-        for completion, prompt, text in zip(out["completions"], prompts, texts):
+    for completion, (prompt, is_chat), text in zip(out["completions"], turns, texts):
+        if is_chat:
             completion.update(prompt=prompt, chat_prompt=text)  # the user's words, and what the model read
     out["stats"].update(warmup_seconds=round(report.seconds, 3), graphs_compiled=engine.counter("compiles"),
                         graphs_loaded=engine.counter("cache_hits"), backend=engine.backend_name,
@@ -176,7 +181,7 @@ def generate(model_dir: str | None, dtype: str | None, cache_dir: str | None, as
         emit_json({"model": path, **out})
         return
     for c in out["completions"]:
-        click.echo(f"> {c['prompt']}")
+        click.echo(f"{'chat> ' if 'chat_prompt' in c else '> '}{c['prompt']}")
         click.echo(f"  error: {c['error']}" if "error" in c else f"{c['text']}  [{c['finish_reason']}]")
     s = out["stats"]
     first = f"{s['time_to_first_token_s']}s" if s["time_to_first_token_s"] is not None else "never (no request ran)"
