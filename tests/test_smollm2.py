@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
+from cli_helpers import Capsys, run_json
 from safetensors import safe_open
 
 from warmgraph.engine import Engine, EngineConfig, SamplingParams, serving_limits
@@ -157,3 +158,17 @@ def test_a_converted_model_is_reused_without_the_package(smollm2_ckpt: Path, mon
     monkeypatch.setattr(smollm2, "locate_gguf", absent)
     assert smollm2.ensure_smollm2(smollm2_ckpt.parents[1], progress=False) == smollm2_ckpt
     assert (smollm2_ckpt / "gguf_source.json").read_text().count(smollm2.SHA256) == 1
+
+
+def test_generate_mixes_prompts_and_chat_turns_on_the_default_model(smollm2_ckpt: Path, capsys: Capsys) -> None:
+    root = str(smollm2_ckpt.parents[1])  # the cache root holding models/<MODEL_NAME>: no conversion again
+    out = run_json(capsys, "generate", "--cache-dir", root, "--backend", "eager", "--max-model-len", "128",
+                   "--threads", "1", "--prompt", "The capital of France is", "--chat-prompt",
+                   "What is the capital of France?", "--system", "You answer in one short sentence.",
+                   "--max-tokens", "24")
+    plain, chat = out["completions"]
+    assert out["model"] == str(smollm2_ckpt) and out["stats"]["threads"] == 1
+    assert "chat_prompt" not in plain and plain["text"].startswith(" Paris")
+    assert chat["prompt"] == "What is the capital of France?"
+    assert chat["chat_prompt"].startswith("<|im_start|>system\nYou answer in one short sentence.<|im_end|>")
+    assert "Paris" in chat["text"] and chat["finish_reason"] == "stop" and chat["token_ids"][-1] == 2
