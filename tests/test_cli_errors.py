@@ -22,6 +22,7 @@ mistakes here used to run for minutes or fill memory. Commands another module ow
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import tarfile
@@ -279,6 +280,7 @@ ROWS += [
     pytest.param([*WARMUP_DIR, "--model", "huge"], "'huge' is not one of", id="warmup-unknown-model"),
     pytest.param([*GENERATE, "--system", "be brief"], "--system is the system turn of a chat; add --chat",
                  id="generate-system-without-chat"),
+    pytest.param([*GENERATE, "--chat-prompt", "hi"], "has no chat template", id="generate-chat-prompt-no-template"),
     pytest.param([*GENERATE, "--chat"], "has no chat template", id="generate-chat-without-template"),
     pytest.param([*WARMUP, "--max-model-len", "1024"], "above the model's max_position_embeddings 512",
                  id="warmup-len-beyond-model"),
@@ -287,7 +289,8 @@ ROWS += [
                  id="generate-temperature-negative"),
     pytest.param([*GENERATE, "--top-p", "0"], "--top-p must be in (0, 1]", id="generate-top-p-zero"),
     pytest.param([*GENERATE, "--max-tokens", "0"], "--max-tokens must be at least 1", id="generate-max-tokens-zero"),
-    pytest.param(["generate", "--backend", "eager"], "Missing option '--prompt'", id="generate-no-prompt"),
+    pytest.param(["generate", "--backend", "eager"], "nothing to generate: give --prompt TEXT or --chat-prompt TEXT",
+                 id="generate-no-prompt"),
     pytest.param([*GENERATE, "--block-size", "0"], "--block-size must be a positive integer",
                  id="generate-block-size-zero"),
     pytest.param([*WARMUP, "--threads", "100000"], "--threads must be from 1 to the", id="warmup-threads-huge"),
@@ -298,6 +301,28 @@ ROWS += [
                  id="warmup-kv-cache-beyond-memory"),
 ]
 
+# -- convert-gguf: refused before anything is dequantised or written --------------------------
+# The GGUF reader is the optional 'gguf' package; without it every file row would be refused
+# for that reason instead (tests/test_gguf_convert.py covers the rest with real files).
+HAVE_GGUF = importlib.util.find_spec("gguf") is not None
+_GGUF = pytest.mark.skipif(not HAVE_GGUF, reason="the gguf package is not installed")
+ROWS += [
+    pytest.param(["convert-gguf", "{missing}", "{dir}/out"], "GGUF file {missing} does not exist",
+                 id="convert-gguf-missing-file", marks=_GGUF),
+    pytest.param(["convert-gguf", "{dir}", "{dir}/out"], "{dir} is not a file", id="convert-gguf-directory",
+                 marks=_GGUF),
+    pytest.param(["convert-gguf", "{file}", "{dir}/out"], "{file} is not a readable GGUF file",
+                 id="convert-gguf-not-gguf", marks=_GGUF),
+    pytest.param(["convert-gguf", "{gguf}", "{cache}"], "{cache} already exists and is not an empty directory",
+                 id="convert-gguf-out-dir-not-empty", marks=_GGUF),
+    pytest.param(["convert-gguf", "{gguf}", "{file}"], "{file} already exists and is not an empty directory",
+                 id="convert-gguf-out-dir-is-file", marks=_GGUF),
+    pytest.param(["convert-gguf", "{file}", "{dir}/out", "--dtype", "int8"], "'int8' is not one of",
+                 id="convert-gguf-bad-dtype"),
+    pytest.param(["convert-gguf", "{file}"], "Missing argument 'OUT_DIR'", id="convert-gguf-no-out-dir"),
+    pytest.param(["convert-gguf"], "Missing argument 'GGUF_FILE'", id="convert-gguf-no-arguments"),
+]
+
 
 def _tar(path: Path, members: dict[str, bytes]) -> str:
     with tarfile.open(path, "w:gz") as tar:
@@ -305,6 +330,33 @@ def _tar(path: Path, members: dict[str, bytes]) -> str:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
+    return str(path)
+
+
+def _gguf(path: Path) -> str:
+    """The smallest valid llama GGUF (one layer, hidden size 8, a four-token vocabulary), for
+    the convert-gguf rows that must get past reading the file; "" when gguf is not installed."""
+    if not HAVE_GGUF:
+        return ""
+    import gguf
+    import numpy as np
+
+    writer = gguf.GGUFWriter(str(path), arch="llama")
+    for key, value in (("block_count", 1), ("context_length", 16), ("embedding_length", 8),
+                       ("feed_forward_length", 16), ("attention.head_count", 2)):
+        writer.add_uint32(f"llama.{key}", value)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(["a", "b", "ab", "<s>"])
+    writer.add_token_merges(["a b"])
+    shapes = {"token_embd": (4, 8), "output_norm": (8,), "blk.0.attn_norm": (8,), "blk.0.ffn_norm": (8,),
+              "blk.0.attn_q": (8, 8), "blk.0.attn_k": (8, 8), "blk.0.attn_v": (8, 8), "blk.0.attn_output": (8, 8),
+              "blk.0.ffn_gate": (16, 8), "blk.0.ffn_up": (16, 8), "blk.0.ffn_down": (8, 16)}
+    for name, shape in shapes.items():
+        writer.add_tensor(f"{name}.weight", np.ones(shape, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     return str(path)
 
 
@@ -351,6 +403,7 @@ def paths(tmp_path: Path) -> dict[str, str]:
         "junk_archive": write("junk.tar.gz", "not an archive"),
         "foreign_archive": _tar(tmp_path / "foreign.tar.gz", {"notes/readme.txt": b"hello"}),
         "evil_archive": _tar(tmp_path / "evil.tar.gz", {"../../evil": b"x"}),
+        "gguf": _gguf(tmp_path / "small.gguf"),
     }
 
 
@@ -380,14 +433,18 @@ def test_one_line_error(
 
 
 def test_table_covers_every_command() -> None:
-    """Each buckets and cache subcommand has at least one row (new subcommands need one too)."""
+    """Each buckets and cache subcommand, and each other command, has at least one row (new
+    commands and subcommands need one too)."""
     from warmgraph.cli.buckets import buckets
     from warmgraph.cli.cache import cache
+    from warmgraph.cli.main import cli
 
     argvs = [p.values[0] for p in ROWS]
     for group, name in ((buckets, "buckets"), (cache, "cache")):
         for sub in group.commands:
             assert any(a[:2] == [name, sub] or (a and "=" in a[0] and a[1:3] == [name, sub]) for a in argvs), sub
-    for command in ("warmup", "generate"):
+    # Every top-level command (warmup, generate, convert-gguf, ...), found rather than listed.
+    assert {"warmup", "generate", "convert-gguf"} <= set(cli.commands)
+    for command in cli.commands:
         assert any(command in a[:3] for a in argvs), command
     assert len(ROWS) >= 30

@@ -16,6 +16,7 @@ that is missing, extra or mis-shaped. Each is one line naming what is unsupporte
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections import Counter
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from warmgraph.errors import ConfigError, WarmgraphError
@@ -93,6 +95,18 @@ def _int(meta: Mapping[str, Any], key: str, default: int | None = None) -> int:
     return value
 
 
+def _float(meta: Mapping[str, Any], key: str, default: float | None = None) -> float:
+    """A float metadata value. GGUF stores these as float32, where 1e-5 reads back as
+    9.99999974738e-06; the shortest decimal with the same float32 value (1e-05, what the original
+    config.json said) is returned instead, which float32 arithmetic cannot tell apart."""
+    value = meta.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        shown = "missing" if key not in meta else f"{value!r}, not one finite number"
+        raise WarmgraphError(f"GGUF metadata {key} is {shown}; a Llama GGUF needs it")
+    single = np.float32(value)
+    return float(str(single)) if float(single) == value else float(value)
+
+
 def config_from_metadata(meta: Mapping[str, Any], tied: bool, dtype: str) -> LlamaConfig:
     """The LlamaConfig a GGUF's metadata describes; WarmgraphError for what this decoder lacks."""
     arch = meta.get("general.architecture")
@@ -111,7 +125,7 @@ def config_from_metadata(meta: Mapping[str, Any], tied: bool, dtype: str) -> Lla
                              "only full-width RoPE with equal key and value sizes is supported")
     scaling_type = meta.get(f"{arch}.rope.scaling.type", "none")
     if scaling_type == "linear":
-        scaling: dict[str, Any] | None = {"rope_type": "linear", "factor": float(meta[f"{arch}.rope.scaling.factor"])}
+        scaling: dict[str, Any] | None = {"rope_type": "linear", "factor": _float(meta, f"{arch}.rope.scaling.factor")}
     elif scaling_type == "none":
         scaling = None
     else:
@@ -126,8 +140,8 @@ def config_from_metadata(meta: Mapping[str, Any], tied: bool, dtype: str) -> Lla
             num_key_value_heads=_int(meta, f"{arch}.attention.head_count_kv", heads),
             head_dim=head_dim if head_dim != hidden // heads else None,
             max_position_embeddings=_int(meta, f"{arch}.context_length"),
-            rms_norm_eps=float(meta.get(f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
-            rope_theta=float(meta.get(f"{arch}.rope.freq_base", 10000.0)), rope_scaling=scaling,
+            rms_norm_eps=_float(meta, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5),
+            rope_theta=_float(meta, f"{arch}.rope.freq_base", 10000.0), rope_scaling=scaling,
             tie_word_embeddings=tied, bos_token_id=ids["bos"],
             eos_token_id=eos[0] if len(eos) == 1 else (eos or None), torch_dtype=dtype)
     except ConfigError as exc:
@@ -148,17 +162,19 @@ def read_gguf(path: str | os.PathLike[str], dtype: str = "float32") -> GGUFModel
         raise WarmgraphError(f"{src} is not a readable GGUF file ({reason}); is it truncated or another "
                              "format?") from None
     tensors = {hf_name(t.name): t for t in reader.tensors}
-    extra = [t.name for t in reader.tensors if hf_name(t.name) is None]
     tensors.pop(None, None)
     config = config_from_metadata(meta, "lm_head.weight" not in tensors, canonical_dtype(dtype))
+    expected = expected_shapes(config)
+    # Unknown names, and known ones the metadata does not account for (a block beyond
+    # block_count): written out, the latter would make a directory the loader refuses.
+    extra = [t.name for t in reader.tensors if hf_name(t.name) not in expected]
     if extra:
         raise WarmgraphError(f"GGUF holds {len(extra)} tensor(s) a dense Llama does not use ({', '.join(extra[:3])}"
-                             f"); rope_freqs, biases and other extras are not supported")
+                             f"); rope_freqs, biases, layers beyond block_count and other extras are not supported")
     for tensor in tensors.values():
         if tensor.tensor_type.name not in TENSOR_TYPES:
             raise WarmgraphError(f"GGUF tensor {tensor.name} is stored as {tensor.tensor_type.name}, which "
                                  f"convert-gguf cannot dequantise; supported: {', '.join(TENSOR_TYPES)}")
-    expected = expected_shapes(config)
     missing = [n for n in expected if n not in tensors]
     if missing:
         raise WarmgraphError(f"GGUF lacks {len(missing)} tensor(s) its metadata implies, e.g. {missing[0]}")
