@@ -22,7 +22,6 @@ mistakes here used to run for minutes or fill memory. Commands another module ow
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import os
 import tarfile
@@ -301,22 +300,18 @@ ROWS += [
                  id="warmup-kv-cache-beyond-memory"),
 ]
 
-# -- convert-gguf: refused before anything is dequantised or written --------------------------
-# The GGUF reader is the optional 'gguf' package; without it every file row would be refused
-# for that reason instead (tests/test_gguf_convert.py covers the rest with real files).
-HAVE_GGUF = importlib.util.find_spec("gguf") is not None
-_GGUF = pytest.mark.skipif(not HAVE_GGUF, reason="the gguf package is not installed")
+# -- convert-gguf: refused before anything is dequantised or written ---------------------------
+# (tests/test_gguf_convert.py covers the rest with synthetic GGUF files)
 ROWS += [
     pytest.param(["convert-gguf", "{missing}", "{dir}/out"], "GGUF file {missing} does not exist",
-                 id="convert-gguf-missing-file", marks=_GGUF),
-    pytest.param(["convert-gguf", "{dir}", "{dir}/out"], "{dir} is not a file", id="convert-gguf-directory",
-                 marks=_GGUF),
+                 id="convert-gguf-missing-file"),
+    pytest.param(["convert-gguf", "{dir}", "{dir}/out"], "{dir} is not a file", id="convert-gguf-directory"),
     pytest.param(["convert-gguf", "{file}", "{dir}/out"], "{file} is not a readable GGUF file",
-                 id="convert-gguf-not-gguf", marks=_GGUF),
+                 id="convert-gguf-not-gguf"),
     pytest.param(["convert-gguf", "{gguf}", "{cache}"], "{cache} already exists and is not an empty directory",
-                 id="convert-gguf-out-dir-not-empty", marks=_GGUF),
+                 id="convert-gguf-out-dir-not-empty"),
     pytest.param(["convert-gguf", "{gguf}", "{file}"], "{file} already exists and is not an empty directory",
-                 id="convert-gguf-out-dir-is-file", marks=_GGUF),
+                 id="convert-gguf-out-dir-is-file"),
     pytest.param(["convert-gguf", "{file}", "{dir}/out", "--dtype", "int8"], "'int8' is not one of",
                  id="convert-gguf-bad-dtype"),
     pytest.param(["convert-gguf", "{file}"], "Missing argument 'OUT_DIR'", id="convert-gguf-no-out-dir"),
@@ -335,9 +330,7 @@ def _tar(path: Path, members: dict[str, bytes]) -> str:
 
 def _gguf(path: Path) -> str:
     """The smallest valid llama GGUF (one layer, hidden size 8, a four-token vocabulary), for
-    the convert-gguf rows that must get past reading the file; "" when gguf is not installed."""
-    if not HAVE_GGUF:
-        return ""
+    the convert-gguf rows that must get past reading the file."""
     import gguf
     import numpy as np
 
