@@ -6,36 +6,51 @@ stderr, ``warmgraph: error: ...``, and exits with code 2. Tracebacks are for bug
 
 from __future__ import annotations
 
+import importlib
 import sys
 import warnings
 
 import click
 
 from warmgraph._version import __version__
-from warmgraph.cli.buckets import buckets
-from warmgraph.cli.cache import cache
-from warmgraph.cli.convert import convert_gguf
-from warmgraph.cli.engine import generate, warmup
 from warmgraph.errors import WarmgraphError
 
+# name -> (module, attribute). Imported when the command runs, so `generate` does not pay
+# for the bucket and cache commands' imports at every start.
+COMMANDS = {
+    "buckets": ("warmgraph.cli.buckets", "buckets"),
+    "cache": ("warmgraph.cli.cache", "cache"),
+    "convert-gguf": ("warmgraph.cli.convert", "convert_gguf"),
+    "generate": ("warmgraph.cli.engine", "generate"),
+    "warmup": ("warmgraph.cli.engine", "warmup"),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attribute = COMMANDS[cmd_name]
+        command: click.Command = getattr(importlib.import_module(module), attribute)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="warmgraph")
 def cli() -> None:
     """warmgraph: choose bucket shapes, compile one graph per bucket, keep graphs on disk."""
 
-
-cli.add_command(buckets)
 
 
 def quiet_torch_warnings() -> None:
     """torch 2.13's export prints a FutureWarning about its own pytree internals on every
     compile; it says nothing to a warmgraph user, so that one message is silenced."""
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
-cli.add_command(cache)
-cli.add_command(warmup)
-cli.add_command(generate)
-cli.add_command(convert_gguf)
 
 
 def main(argv: list[str] | None = None) -> None:
