@@ -281,6 +281,8 @@ ROWS += [
     pytest.param([*GENERATE, "--system", "be brief"], "--system is the system turn of a chat; add --chat",
                  id="generate-system-without-chat"),
     pytest.param([*GENERATE, "--chat-prompt", "hi"], "has no chat template", id="generate-chat-prompt-no-template"),
+    pytest.param(["OMP_NUM_THREADS=abc", *GENERATE], "OMP_NUM_THREADS='abc' is not a positive integer",
+                 id="generate-omp-threads-garbled"),
     pytest.param([*GENERATE, "--chat"], "has no chat template", id="generate-chat-without-template"),
     pytest.param([*WARMUP, "--max-model-len", "1024"], "above the model's max_position_embeddings 512",
                  id="warmup-len-beyond-model"),

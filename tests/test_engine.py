@@ -16,6 +16,7 @@ import torch
 import transformers
 
 from warmgraph.engine import Engine, EngineConfig, SamplingParams, serving_limits
+from warmgraph.errors import ConfigError
 from warmgraph.models.llama import LlamaConfig, LlamaForCausalLM
 from warmgraph.models.loader import load_checkpoint, save_checkpoint
 
@@ -132,10 +133,28 @@ def test_ctrl_c_during_warmup_leaves_a_cache_the_next_run_uses(tmp_path: Path) -
 def test_default_threads_leave_busy_cores_alone() -> None:
     from warmgraph.engine.config import default_threads
 
-    assert default_threads(cores=2, load=0.1, env={}) == 2
-    assert default_threads(cores=2, load=1.2, env={}) == 1  # one core taken by other work
-    assert default_threads(cores=2, load=3.9, env={}) == 1  # never below one
-    assert default_threads(cores=16, load=5.4, env={}) == 11
-    assert default_threads(cores=16, load=30.0, env={"OMP_NUM_THREADS": "4"}) == 4  # the user's word wins
-    assert default_threads(cores=2, load=0.0, env={"OMP_NUM_THREADS": "8"}) == 2  # but not past the cores
-    assert default_threads(cores=4, load=0.0, env={"OMP_NUM_THREADS": "x"}) == 4
+    assert default_threads(cores=2, busy=0, env={}) == 2
+    assert default_threads(cores=2, busy=1, env={}) == 1  # one core taken by other work
+    assert default_threads(cores=2, busy=4, env={}) == 1  # never below one
+    assert default_threads(cores=16, busy=5, env={}) == 11
+    assert default_threads(cores=16, busy=30, env={"OMP_NUM_THREADS": "4"}) == 4  # the user's word wins
+    assert default_threads(cores=16, busy=0, env={"OMP_NUM_THREADS": " 3,1"}) == 3  # OpenMP's nested list form
+    assert default_threads(cores=2, busy=0, env={"OMP_NUM_THREADS": "8"}) == 2  # but not past the cores
+    for bad in ("abc", "0", "-3", "1.5", ""):
+        with pytest.raises(ConfigError, match=r"OMP_NUM_THREADS=.* is not a positive integer; unset it"):
+            default_threads(cores=4, busy=0, env={"OMP_NUM_THREADS": bad})
+    assert 1 <= default_threads(env={}) <= (os.cpu_count() or 1)  # this machine, now
+
+
+def test_a_chat_turn_is_encoded_without_a_second_bos(default_ckpt: Path) -> None:
+    """A template that writes its own BOS (Llama 3's do) must not get another from the tokenizer."""
+    model, tokenizer, _ = load_checkpoint(default_ckpt)
+    engine = Engine(model, tokenizer, EngineConfig(backend="eager", cache=None, serving=SMALL))
+    assert engine.encode("the cat")[0] == 1  # the tiny tokenizer adds <s> to plain text
+    params = SamplingParams(max_tokens=6)
+    chat = engine.generate(["<s>the cat watches"], params, chat=[True])["completions"][0]
+    plain = engine.generate(["the cat watches"], params)["completions"][0]
+    doubled = engine.generate(["<s>the cat watches"], params)["completions"][0]
+    assert chat["token_ids"] == plain["token_ids"] != doubled["token_ids"]
+    with pytest.raises(ValueError, match="1 flags for 2 prompts"):
+        engine.generate(["a", "b"], params, chat=[True])

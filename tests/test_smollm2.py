@@ -8,6 +8,8 @@ produce transformers' greedy tokens exactly in fp32, and within issue 6's tolera
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -172,3 +174,17 @@ def test_generate_mixes_prompts_and_chat_turns_on_the_default_model(smollm2_ckpt
     assert chat["prompt"] == "What is the capital of France?"
     assert chat["chat_prompt"].startswith("<|im_start|>system\nYou answer in one short sentence.<|im_end|>")
     assert "Paris" in chat["text"] and chat["finish_reason"] == "stop" and chat["token_ids"][-1] == 2
+
+
+def test_sigterm_during_a_conversion_leaves_nothing(gguf_path: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "warmgraph", "convert-gguf", str(gguf_path), str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = ""
+    while "dequantising" not in seen and proc.poll() is None:  # the progress bar: tensors are being written
+        seen += proc.stderr.read(1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "interrupted; nothing half-written is left" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []

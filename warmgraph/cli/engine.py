@@ -141,7 +141,8 @@ def warmup(model_dir: str | None, dtype: str | None, cache_dir: str | None, as_j
 @_engine_options
 @click.option("--prompt", "prompts", multiple=True, help="A prompt, sent as is; repeat for a batch.")
 @click.option("--chat-prompt", "chat_prompts", multiple=True,
-              help="A user turn, rendered by the model's chat template; mixes with --prompt in one batch.")
+              help="A user turn, rendered by the model's chat template; shares the batch with --prompt. "
+                   "Results list every --prompt first, then every --chat-prompt.")
 @click.option("--max-tokens", type=int, default=_SAMPLING["max_tokens"], show_default=True)
 @click.option("--temperature", type=float, default=_SAMPLING["temperature"], show_default=True, help="0 is greedy.")
 @click.option("--top-p", type=float, default=_SAMPLING["top_p"], show_default=True)
@@ -171,7 +172,7 @@ def generate(model_dir: str | None, dtype: str | None, cache_dir: str | None, as
         texts = [render_chat(template, chat_messages(p, system), special) if is_chat else p for p, is_chat in turns]
     # No warmup pass: a one-shot run loads (or compiles) only the graphs its requests use, on
     # first use; `warmgraph warmup` is the command that builds every bucket.
-    out = engine.generate(texts, params)
+    out = engine.generate(texts, params, chat=[is_chat for _, is_chat in turns])
     for completion, (prompt, is_chat), text in zip(out["completions"], turns, texts):
         if is_chat:
             completion.update(prompt=prompt, chat_prompt=text)  # the user's words, and what the model read

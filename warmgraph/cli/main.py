@@ -7,7 +7,9 @@ stderr, ``warmgraph: error: ...``, and exits with code 2. Tracebacks are for bug
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
+import threading
 import warnings
 
 import click
@@ -53,17 +55,29 @@ def quiet_torch_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so every cleanup (temporary directories, locks) runs."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; exit 2 with one line on stderr for any user error."""
+    """Run the CLI; exit 2 with one line on stderr for any user error, 130 on Ctrl-C, 143 on SIGTERM."""
     quiet_torch_warnings()
+    if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         # Without standalone mode click returns a command's ctx.exit(code) instead of raising.
         code = cli.main(args=argv, prog_name="warmgraph", standalone_mode=False)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, click.Abort):  # click turns Ctrl-C into Abort
-        click.echo("\nwarmgraph: interrupted; graphs finished so far are in the cache for the next run", err=True)
-        sys.exit(130)
+    except (KeyboardInterrupt, click.Abort) as exc:  # click turns Ctrl-C into Abort
+        click.echo("\nwarmgraph: interrupted; nothing half-written is left (graphs finished so far stay in the "
+                   "cache for the next run)", err=True)
+        terminated = isinstance(exc, Terminated) or isinstance(exc.__cause__, Terminated)  # click wraps it in Abort
+        sys.exit(143 if terminated else 130)
     except click.UsageError as exc:
         where = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
         click.echo(f"warmgraph: error: {exc.format_message()}{where}", err=True)

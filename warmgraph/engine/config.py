@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from warmgraph.bucketing.plans import STRATEGIES, ServingConfig
@@ -38,24 +39,39 @@ def serving_limits(max_num_seqs: int = 4, max_num_batched_tokens: int = 64, max_
 DEFAULT_SERVING = serving_limits()
 
 
-def default_threads(cores: int | None = None, load: float | None = None, env: dict[str, str] | None = None) -> int:
-    """Torch threads for a command-line run: ``$OMP_NUM_THREADS`` when set, else the cores this
-    process may use minus the ones other work keeps busy (the 1-minute load average), at least 1.
+def _busy_elsewhere() -> float:
+    """How many other tasks want a CPU now: the kernel's count of runnable tasks (the 4th field
+    of /proc/loadavg, which includes this process) minus this one; the 1-minute load average
+    where there is no /proc. A count now, not an average, so a run that just ended does not
+    lower the next run's threads."""
+    try:
+        running = Path("/proc/loadavg").read_text().split()[3].split("/")[0]
+        return max(0, int(running) - 1)
+    except (OSError, IndexError, ValueError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+
+
+def default_threads(cores: int | None = None, busy: float | None = None, env: dict[str, str] | None = None) -> int:
+    """Torch threads for a command-line run: ``$OMP_NUM_THREADS`` when set (its first value, as
+    OpenMP reads it), else the cores this process may use minus the ones other work is using
+    now, at least 1. ConfigError for an ``OMP_NUM_THREADS`` OpenMP would not accept.
 
     Why not every core: OpenMP threads spin at barriers, so a thread that shares its core with
     another busy process stalls every matmul; on a 2-core machine with one other busy process,
     two threads decoded 3-4 times slower than one, and 10-20 times slower was seen under heavier
-    load. ``cores``, ``load`` and ``env`` are for tests; they default to this machine's values.
+    load. ``cores``, ``busy`` and ``env`` are for tests; they default to this machine's values.
     """
     env = os.environ if env is None else env
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    omp = env.get("OMP_NUM_THREADS", "")
-    if omp.isdigit() and int(omp) > 0:
-        return min(int(omp), cores)
-    if load is None:
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    return max(1, min(cores, cores - round(load)))
+    if "OMP_NUM_THREADS" in env:
+        first = env["OMP_NUM_THREADS"].strip().split(",")[0].strip()
+        if not first.isdigit() or int(first) < 1:
+            raise ConfigError(f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']!r} is not a positive integer; unset it or "
+                              "set it to a thread count such as 1")
+        return min(int(first), cores)
+    busy = _busy_elsewhere() if busy is None else busy
+    return max(1, min(cores, cores - round(busy)))
 
 
 @dataclass(frozen=True)

@@ -191,17 +191,28 @@ class Engine:
 
     # -- generation --------------------------------------------------------------------------
 
-    def encode(self, prompt: str) -> list[int]:
-        """The prompt's token ids exactly as the checkpoint's tokenizer makes them (BOS only if it adds one)."""
-        return list(self.tokenizer.encode(prompt).ids)
+    def encode(self, prompt: str, add_special_tokens: bool = True) -> list[int]:
+        """The prompt's token ids exactly as the checkpoint's tokenizer makes them (BOS only if it
+        adds one); ``add_special_tokens=False`` for text that already holds them (a rendered chat)."""
+        return list(self.tokenizer.encode(prompt, add_special_tokens=add_special_tokens).ids)
 
-    def generate(self, prompts: Sequence[str], params: SamplingParams | None = None) -> dict[str, Any]:
-        """Complete every prompt; returns ``{"completions": [...], "stats": {...}}``."""
+    def generate(self, prompts: Sequence[str], params: SamplingParams | None = None,
+                 chat: Sequence[bool] | None = None) -> dict[str, Any]:
+        """Complete every prompt; returns ``{"completions": [...], "stats": {...}}``.
+
+        ``chat[i]`` True marks ``prompts[i]`` as text rendered by a chat template: it is encoded
+        without the tokenizer's added special tokens, because the template writes its own BOS
+        (transformers encodes rendered chats the same way).
+        """
         start = time.perf_counter()
         params = params or SamplingParams()
         before = {k: self.counter(k) for k in ("replays", "eager_fallbacks")}
         scheduler = Scheduler(self.serving, self.plan.prompt, self.plan.decode)
-        requests = [Request(i, p, self.encode(p), params) for i, p in enumerate(prompts)]
+        chat = list(chat) if chat is not None else [False] * len(prompts)
+        if len(chat) != len(prompts):
+            raise ValueError(f"chat has {len(chat)} flags for {len(prompts)} prompts")
+        requests = [Request(i, p, self.encode(p, add_special_tokens=not c), params)
+                    for i, (p, c) in enumerate(zip(prompts, chat))]
         for r in requests:
             scheduler.add(r)
         generator = torch.Generator().manual_seed(params.seed) if params.seed is not None else None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ def read_chat_template(model_dir: str | os.PathLike[str]) -> tuple[str, dict[str
         template = named.get("default")
     if not isinstance(template, str) or not template:
         raise WarmgraphError(f"{path.parent} has no chat template (tokenizer_config.json 'chat_template'); "
-                             "drop --chat and write the prompt yourself")
+                             "send the text as a plain --prompt instead")
     return template, {k: v for k, v in config.items() if k in _SPECIAL and isinstance(v, str)}
 
 
@@ -48,6 +49,16 @@ def _raise(message: str) -> None:
     raise WarmgraphError(f"the chat template refused the conversation: {message}")
 
 
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    # transformers' signature for templates' `tojson`, which differs from Jinja2's own filter
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)  # templates that date the system turn (Llama 3.1) call this
+
+
 def render_chat(template: str, messages: list[dict[str, str]], special_tokens: dict[str, str] | None = None,
                 add_generation_prompt: bool = True) -> str:
     """The prompt text ``template`` makes of ``messages``, ending with the assistant's turn
@@ -55,12 +66,16 @@ def render_chat(template: str, messages: list[dict[str, str]], special_tokens: d
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.globals["raise_exception"] = _raise
-    env.filters["tojson"] = lambda value, indent=None: json.dumps(value, indent=indent, ensure_ascii=False)
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env.globals.update(raise_exception=_raise, strftime_now=_strftime_now)
+    env.filters["tojson"] = _tojson
     context: dict[str, Any] = dict(special_tokens or {})
     try:
         return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
                                                 **context)
+    except WarmgraphError:
+        raise
     except jinja2.TemplateError as exc:
         raise WarmgraphError(f"the chat template cannot be rendered: {exc}") from None
+    except Exception as exc:  # a template is a program: 1/0, 'a' + 1 ... are its errors, not ours
+        raise WarmgraphError(f"the chat template failed while rendering: {type(exc).__name__}: {exc}") from None
