@@ -158,3 +158,15 @@ def test_a_chat_turn_is_encoded_without_a_second_bos(default_ckpt: Path) -> None
     assert chat["token_ids"] == plain["token_ids"] != doubled["token_ids"]
     with pytest.raises(ValueError, match="1 flags for 2 prompts"):
         engine.generate(["a", "b"], params, chat=[True])
+
+
+def test_a_damaged_builtin_model_says_how_to_recreate_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli_helpers import run
+
+    from warmgraph.models.tiny import ensure_tiny_model
+
+    weights = ensure_tiny_model(tmp_path) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated, as a full disk or a killed copy leaves it
+    code, _, err = run(capsys, "generate", "--model", "tiny", "--cache-dir", str(tmp_path), "--prompt", "hi")
+    assert code == 2 and err.count("\n") == 1
+    assert f"remove {weights.parent} and warmgraph creates it again" in err

@@ -17,6 +17,7 @@ import click
 from warmgraph.bucketing.plans import STRATEGIES
 from warmgraph.cli.output import emit_json, table
 from warmgraph.engine.config import DEFAULT_SERVING, DEVICES, EngineConfig, SamplingParams, default_threads
+from warmgraph.errors import WarmgraphError
 from warmgraph.models.builtin import BUILTIN_MODELS, DEFAULT_MODEL
 
 _ENGINE = {f.name: f.default for f in fields(EngineConfig)}
@@ -88,7 +89,13 @@ def _build(model_dir: str | None, dtype: str | None, cache_dir: str | None, kw: 
     plan = plan_buckets(config.serving, config.strategy, config.bucket_file)
     root = cache.root if cache_dir else None
     path = model_dir or str(builtin_model_dir(model_name or DEFAULT_MODEL, root, progress=progress))
-    model, tokenizer, _ = load_checkpoint(path, dtype)
+    try:
+        model, tokenizer, _ = load_checkpoint(path, dtype)
+    except WarmgraphError as exc:
+        if model_dir is not None:
+            raise
+        raise WarmgraphError(f"{exc}; the built-in model's directory is damaged: remove {path} and warmgraph "
+                             "creates it again") from None
     return Engine(model, tokenizer, config, plan), path
 
 
