@@ -311,9 +311,11 @@ ROWS += [
     pytest.param(["convert-gguf", "{dir}", "{dir}/out"], "{dir} is not a file", id="convert-gguf-directory"),
     pytest.param(["convert-gguf", "{file}", "{dir}/out"], "{file} is not a readable GGUF file",
                  id="convert-gguf-not-gguf"),
-    pytest.param(["convert-gguf", "{gguf}", "{cache}"], "{cache} already exists and is not an empty directory",
+    pytest.param(["convert-gguf", "{gguf}", "{cache}"], "OUT_DIR {cache} exists; give a new directory",
                  id="convert-gguf-out-dir-not-empty"),
-    pytest.param(["convert-gguf", "{gguf}", "{file}"], "{file} already exists and is not an empty directory",
+    pytest.param(["convert-gguf", "{gguf}", "{dir}"], "OUT_DIR {dir} exists; give a new directory",
+                 id="convert-gguf-out-dir-empty"),  # rename(2) would replace it: cwd, mount point
+    pytest.param(["convert-gguf", "{gguf}", "{file}"], "OUT_DIR {file} exists; give a new directory",
                  id="convert-gguf-out-dir-is-file"),
     pytest.param(["convert-gguf", "{file}", "{dir}/out", "--dtype", "int8"], "'int8' is not one of",
                  id="convert-gguf-bad-dtype"),

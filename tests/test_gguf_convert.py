@@ -1,34 +1,35 @@
-"""convert-gguf against synthetic GGUF files, written here with ``gguf.GGUFWriter``.
+"""convert-gguf against synthetic GGUF files (``gguf_writer``): the conversion and the tokenizer.
 
-No real model is needed: ``write_gguf`` stores the tiny model (random weights, its trained
-byte-level BPE) as a llama-architecture GGUF the way llama.cpp's ``convert_hf_to_gguf.py`` does:
-the same metadata keys and value types, llama.cpp tensor names, the Q and K rows permuted into
-llama.cpp's interleaved rotary order, ``output.weight`` only when the head is not tied, and
-(in the quantised files) 1-D tensors kept F32 and rows the quantisation's blocks do not divide
-stored F16. Each refusal test edits one thing in that picture.
-
-The tiny config uses llama3 RoPE scaling, which the converter refuses (llama.cpp stores it as
-an extra ``rope_freqs`` tensor), so the files here use a copy without ``rope_scaling``.
+F32 files must round-trip bit for bit (so the Q/K un-permute is exact), quantised ones must equal
+gguf's own dequantisation, and the tokenizer rebuilt from the vocabulary must give the original's
+ids. Refusals, OUT_DIR handling and the command line are in ``test_gguf_refusals.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import errno
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import gguf  # a dependency (pyproject); imported plainly so these tests cannot pass by skipping
-import numpy as np
+import gguf
 import pytest
 import torch
-from cli_helpers import Capsys, one_json, run
 from gguf import GGMLQuantizationType as QType
-from gguf.quants import dequantize, quantize
-from safetensors import safe_open
+from gguf.quants import dequantize
+from gguf_writer import (
+    CHAT_TEMPLATE,
+    NORMAL,
+    K,
+    Tiny,
+    llama_cpp_names,
+    llama_cpp_permute,
+    make_tiny,
+    metadata,
+    one_line_error,
+    quantised,
+    tensors,
+    tiny_gguf,
+    write_gguf,
+)
 from safetensors.torch import load_file
 
 from warmgraph.errors import WarmgraphError
@@ -36,193 +37,24 @@ from warmgraph.graph_cache.files import sha256_file
 from warmgraph.models import gguf_convert
 from warmgraph.models.gguf_convert import convert_gguf, iter_weights, read_gguf
 from warmgraph.models.gguf_tokenizer import build_tokenizer
-from warmgraph.models.llama import LlamaConfig, LlamaForCausalLM, random_state_dict
+from warmgraph.models.llama import LlamaForCausalLM
 from warmgraph.models.loader import load_checkpoint
-from warmgraph.models.tiny import build_tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-K = gguf.Keys
-CHAT_TEMPLATE = "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
-# llama.cpp's token types (gguf.TokenType values).
-NORMAL, CONTROL, USER_DEFINED, UNUSED = 1, 3, 4, 5
-# The HF name of each per-layer llama.cpp tensor, written out here rather than taken from the
-# converter so a wrong entry there cannot agree with itself.
-LAYER_TENSORS = {
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-}
 TEXTS = ("The cat watches the river slowly.", "On day 17, our team counts 42 of the garden gate!",
          "  leading spaces,\ttabs\nand newlines\n\n", "Unicode: café, naïve, 日本語, emoji 🙂",
          "$499.99 -- 12345678 'quoted' \"double\" it's we'll", "")
 
-Meta = dict[str, Any]
-Tensors = dict[str, Any]  # llama.cpp name -> float32 array, or (quantised bytes, type)
-
-
-@dataclass(frozen=True)
-class Tiny:
-    """The tiny model's pieces in the form a GGUF needs them."""
-
-    config: LlamaConfig  # untied, no rope scaling
-    state: dict[str, torch.Tensor]  # includes lm_head.weight
-    tokenizer: Any  # the tiny tokenizers.Tokenizer
-    tokens: list[str]
-    types: list[int]
-    merges: list[str]
-
-    def variant(self, tied: bool) -> tuple[LlamaConfig, dict[str, torch.Tensor]]:
-        config = dataclasses.replace(self.config, tie_word_embeddings=tied)
-        state = {n: t for n, t in self.state.items() if not (tied and n == "lm_head.weight")}
-        return config, state
-
 
 @pytest.fixture(scope="module")
 def tiny() -> Tiny:
-    _, tokenizer, tiny_config = build_tiny_model()
-    config = dataclasses.replace(tiny_config, rope_scaling=None, tie_word_embeddings=False)
-    state = random_state_dict(config, torch.Generator().manual_seed(7), std=0.1)
-    data = json.loads(tokenizer.to_str())
-    vocab: dict[str, int] = data["model"]["vocab"]
-    by_id = {i: t for t, i in vocab.items()}
-    added = {a["id"]: a for a in data["added_tokens"]}
-    tokens, types = [], []
-    # As llama.cpp's get_vocab_base: ids in order, added tokens CONTROL (special) or USER_DEFINED,
-    # and holes up to the model's vocab_size padded with unused [PADn] tokens.
-    for i in range(config.vocab_size):
-        if i in by_id:
-            tokens.append(by_id[i])
-            types.append((CONTROL if added[i]["special"] else USER_DEFINED) if i in added else NORMAL)
-        else:
-            tokens.append(f"[PAD{i}]")
-            types.append(UNUSED)
-    merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
-    return Tiny(config, state, tokenizer, tokens, types, merges)
-
-
-def llama_cpp_permute(weight: torch.Tensor, heads: int) -> torch.Tensor:
-    """convert_hf_to_gguf.py's LlamaModel.permute: each head's rotary halves interleaved."""
-    rows, cols = weight.shape
-    return weight.reshape(heads, 2, rows // heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
-
-
-def metadata(tiny: Tiny, config: LlamaConfig, arch: str = "llama") -> Meta:
-    """The key/values llama.cpp writes for ``config`` and the tiny tokenizer (keys from gguf.Keys)."""
-    assert config.head_dim is not None and config.num_key_value_heads is not None
-    return {
-        K.General.ARCHITECTURE: arch,
-        K.General.NAME: "warmgraph tiny",
-        K.General.FILE_TYPE: 0,  # ALL_F32; informative only
-        K.LLM.BLOCK_COUNT.format(arch=arch): config.num_hidden_layers,
-        K.LLM.CONTEXT_LENGTH.format(arch=arch): config.max_position_embeddings,
-        K.LLM.EMBEDDING_LENGTH.format(arch=arch): config.hidden_size,
-        K.LLM.FEED_FORWARD_LENGTH.format(arch=arch): config.intermediate_size,
-        K.Attention.HEAD_COUNT.format(arch=arch): config.num_attention_heads,
-        K.Attention.HEAD_COUNT_KV.format(arch=arch): config.num_key_value_heads,
-        K.Rope.FREQ_BASE.format(arch=arch): config.rope_theta,
-        K.Attention.LAYERNORM_RMS_EPS.format(arch=arch): config.rms_norm_eps,
-        K.Rope.DIMENSION_COUNT.format(arch=arch): config.head_dim,
-        K.LLM.VOCAB_SIZE.format(arch=arch): config.vocab_size,
-        K.Tokenizer.MODEL: "gpt2",
-        K.Tokenizer.PRE: "gpt2",
-        K.Tokenizer.LIST: list(tiny.tokens),
-        K.Tokenizer.TOKEN_TYPE: list(tiny.types),
-        K.Tokenizer.MERGES: list(tiny.merges),
-        K.Tokenizer.BOS_ID: 1,
-        K.Tokenizer.EOS_ID: 2,
-        K.Tokenizer.UNK_ID: 0,
-        K.Tokenizer.ADD_BOS: True,
-        K.Tokenizer.CHAT_TEMPLATE: CHAT_TEMPLATE,
-    }
-
-
-def llama_cpp_names(config: LlamaConfig) -> dict[str, str]:
-    """llama.cpp tensor name -> Hugging Face name, for every tensor of an untied ``config``."""
-    names = {"token_embd.weight": "model.embed_tokens.weight"}
-    for i in range(config.num_hidden_layers):
-        names |= {f"blk.{i}.{short}.weight": f"model.layers.{i}.{long}.weight" for short, long in LAYER_TENSORS.items()}
-    return names | {"output_norm.weight": "model.norm.weight", "output.weight": "lm_head.weight"}
-
-
-def tensors(config: LlamaConfig, state: Mapping[str, torch.Tensor]) -> Tensors:
-    """llama.cpp's tensors for ``state``: its names, Q/K permuted, float32 numpy arrays
-    (``output.weight`` only when ``state`` has an untied ``lm_head.weight``)."""
-    assert config.num_key_value_heads is not None
-    out = {}
-    for name, hf in llama_cpp_names(config).items():
-        if hf not in state:
-            continue
-        weight = state[hf]
-        if name.endswith("attn_q.weight"):
-            weight = llama_cpp_permute(weight, config.num_attention_heads)
-        elif name.endswith("attn_k.weight"):
-            weight = llama_cpp_permute(weight, config.num_key_value_heads)
-        out[name] = weight.numpy().copy()
-    return out
-
-
-def quantised(arrays: Tensors, qtype: QType) -> Tensors:
-    """As llama.cpp stores a ``qtype`` file: 1-D tensors F32, matrices ``qtype`` where its block
-    divides the row, else F16 (here ffn_down, whose rows are the 172-wide intermediate size)."""
-    block, _ = gguf.GGML_QUANT_SIZES[qtype]
-    out: Tensors = {}
-    for name, array in arrays.items():
-        if array.ndim == 1:
-            out[name] = array
-        elif array.shape[-1] % block == 0:
-            out[name] = (quantize(array, qtype), qtype)
-        else:
-            out[name] = quantize(array, QType.F16)  # a float16 array: GGUFWriter stores it as F16
-    return out
-
-
-def write_gguf(path: Path, meta: Meta, arrays: Tensors) -> Path:
-    """Write ``meta`` with the value types llama.cpp's writer calls use (counts uint32, floats
-    float32, flags bool, lists typed arrays) and ``arrays`` in order."""
-    writer = gguf.GGUFWriter(str(path), arch=meta[K.General.ARCHITECTURE])
-    for key, value in meta.items():
-        if key == K.General.ARCHITECTURE:
-            continue  # the writer adds it from arch
-        if isinstance(value, bool):
-            writer.add_bool(key, value)
-        elif isinstance(value, int):
-            writer.add_uint32(key, value)
-        elif isinstance(value, float):
-            writer.add_float32(key, value)
-        elif isinstance(value, str):
-            writer.add_string(key, value)
-        else:
-            writer.add_array(key, value)
-    for name, item in arrays.items():
-        if isinstance(item, tuple):
-            data, qtype = item
-            writer.add_tensor(name, data, raw_dtype=qtype)
-        else:
-            writer.add_tensor(name, item)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
-def tiny_gguf(tiny: Tiny, path: Path, tied: bool = True) -> Path:
-    config, state = tiny.variant(tied)
-    return write_gguf(path, metadata(tiny, config), tensors(config, state))
+    return make_tiny()
 
 
 @pytest.fixture
 def f32_gguf(tiny: Tiny, tmp_path: Path) -> Path:
     return tiny_gguf(tiny, tmp_path / "tiny-f32.gguf")
-
-
-def one_line_error(excinfo: pytest.ExceptionInfo[WarmgraphError], *fragments: str) -> str:
-    message = str(excinfo.value)
-    assert "\n" not in message, message
-    for fragment in fragments:
-        assert fragment in message, message
-    return message
 
 
 def logits(model: LlamaForCausalLM, ids: list[int]) -> torch.Tensor:
@@ -382,215 +214,28 @@ def test_pre_tokenizer_splits(tiny: Tiny, pre: str, present: set[str], absent: s
     pytest.param(K.Tokenizer.MODEL, "llama", ("GGUF tokenizer model 'llama' is not supported", "SentencePiece"),
                  id="sentencepiece"),
     pytest.param(K.Tokenizer.PRE, "qwen2", ("GGUF pre-tokenizer 'qwen2' is not supported",), id="unknown-pre"),
+    # Merges are appended to the tiny file's own; tokenizers would fail on each with a multi-line
+    # "Error while initializing BPE" exception.
+    pytest.param(K.Tokenizer.MERGES, ["Ġzz q"], ("GGUF merge 'Ġzz q' names 'Ġzz', which is not in the vocabulary",),
+                 id="merge-unknown-token"),
+    pytest.param(K.Tokenizer.MERGES, ["<s> </s>"], ("GGUF merge '<s> </s>' names '<s></s>'",),
+                 id="merge-result-unknown"),
+    pytest.param(K.Tokenizer.MERGES, ["Ġt h e"], ("GGUF merge 'Ġt h e' is not two tokens separated by one space",),
+                 id="merge-three-tokens"),
 ])
-def test_tokenizer_refusals(tiny: Tiny, tmp_path: Path, key: str, value: str, fragments: tuple[str, ...]) -> None:
+def test_tokenizer_refusals(tiny: Tiny, tmp_path: Path, key: str, value: str | list[str],
+                            fragments: tuple[str, ...]) -> None:
+    if key == K.Tokenizer.MERGES:
+        value = [*tiny.merges, *value]
     meta = metadata(tiny, tiny.config) | {key: value}
     with pytest.raises(WarmgraphError) as excinfo:
         build_tokenizer(meta)
     one_line_error(excinfo, *fragments)
-    # The whole conversion refuses it too, and leaves no directory behind.
+    # The whole conversion refuses it too, and leaves nothing behind: no OUT_DIR, and not the
+    # parent directory it would have had to create.
     config, state = tiny.variant(tied=True)
     src = write_gguf(tmp_path / "m.gguf", meta, tensors(config, state))
     with pytest.raises(WarmgraphError) as excinfo:
-        convert_gguf(src, tmp_path / "out")
+        convert_gguf(src, tmp_path / "new" / "out")
     one_line_error(excinfo, *fragments)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
-
-
-# -- 4. Refusals ---------------------------------------------------------------------------------
-
-Edit = Callable[[Meta, Tensors], None]
-
-
-def _arch_gpt2(meta: Meta, arrays: Tensors) -> None:
-    for key in [k for k in meta if k.startswith("llama.")]:
-        meta["gpt2." + key.removeprefix("llama.")] = meta.pop(key)
-    meta[K.General.ARCHITECTURE] = "gpt2"
-
-
-def _moe(meta: Meta, arrays: Tensors) -> None:
-    meta[K.LLM.EXPERT_COUNT.format(arch="llama")] = 8
-    meta[K.LLM.EXPERT_USED_COUNT.format(arch="llama")] = 2
-
-
-def _q8_1(meta: Meta, arrays: Tensors) -> None:
-    # Q8_1 (an activation format gguf.quants cannot dequantise): 40 bytes per 32 values.
-    rows, cols = arrays["blk.0.attn_v.weight"].shape
-    arrays["blk.0.attn_v.weight"] = (np.zeros((rows, cols // 32 * 40), dtype=np.uint8), QType.Q8_1)
-
-
-def _rope_freqs(meta: Meta, arrays: Tensors) -> None:
-    arrays["rope_freqs.weight"] = np.ones(8, dtype=np.float32)  # how llama.cpp stores llama3 scaling
-
-
-def _extra_layer(meta: Meta, arrays: Tensors) -> None:
-    # A fifth block of tensors in a file whose metadata says four layers.
-    for name in [n for n in arrays if n.startswith("blk.3.")]:
-        arrays[name.replace("blk.3.", "blk.4.")] = arrays[name]
-
-
-def _missing(meta: Meta, arrays: Tensors) -> None:
-    del arrays["blk.3.ffn_up.weight"]
-
-
-def _mis_shaped(meta: Meta, arrays: Tensors) -> None:
-    arrays["blk.1.attn_k.weight"] = np.zeros((64, 64), dtype=np.float32)  # Q's shape: no GQA
-
-
-def _yarn(meta: Meta, arrays: Tensors) -> None:
-    meta[K.Rope.SCALING_TYPE.format(arch="llama")] = "yarn"
-    meta[K.Rope.SCALING_FACTOR.format(arch="llama")] = 4.0
-    meta[K.Rope.SCALING_ORIG_CTX_LEN.format(arch="llama")] = 128
-
-
-def _linear_no_factor(meta: Meta, arrays: Tensors) -> None:
-    meta[K.Rope.SCALING_TYPE.format(arch="llama")] = "linear"
-
-
-def _no_heads(meta: Meta, arrays: Tensors) -> None:
-    del meta[K.Attention.HEAD_COUNT.format(arch="llama")]
-
-
-def _eps_text(meta: Meta, arrays: Tensors) -> None:
-    meta[K.Attention.LAYERNORM_RMS_EPS.format(arch="llama")] = "small"
-
-
-def _partial_rotary(meta: Meta, arrays: Tensors) -> None:
-    meta[K.Rope.DIMENSION_COUNT.format(arch="llama")] = 8
-
-
-@pytest.mark.parametrize(("edit", "fragments"), [
-    pytest.param(_arch_gpt2, ("GGUF architecture 'gpt2' is not supported", "llama"), id="architecture-gpt2"),
-    pytest.param(_moe, ("mixture-of-experts", "8 experts"), id="mixture-of-experts"),
-    pytest.param(_q8_1, ("blk.0.attn_v.weight is stored as Q8_1", "cannot dequantise"), id="tensor-type-q8_1"),
-    pytest.param(_rope_freqs, ("1 tensor(s) a dense Llama does not use (rope_freqs.weight)",), id="extra-tensor"),
-    pytest.param(_extra_layer, ("9 tensor(s) a dense Llama does not use (blk.4.",), id="layer-beyond-block-count"),
-    pytest.param(_missing, ("lacks 1 tensor(s)", "model.layers.3.mlp.up_proj.weight"), id="missing-tensor"),
-    pytest.param(_mis_shaped, ("blk.1.attn_k.weight has shape [64, 64], expected [32, 64]",), id="mis-shaped"),
-    pytest.param(_yarn, ("rope scaling 'yarn' is not supported",), id="rope-yarn"),
-    pytest.param(_linear_no_factor, ("llama.rope.scaling.factor",), id="rope-linear-without-factor"),
-    pytest.param(_no_heads, ("llama.attention.head_count is missing",), id="no-head-count"),
-    pytest.param(_eps_text, ("llama.attention.layer_norm_rms_epsilon is 'small', not one finite number",),
-                 id="eps-not-a-number"),
-    pytest.param(_partial_rotary, ("rotates 8 of 16 head dimensions",), id="partial-rotary"),
-])
-def test_unsupported_files_refused(tiny: Tiny, tmp_path: Path, edit: Edit, fragments: tuple[str, ...]) -> None:
-    config, state = tiny.variant(tied=True)
-    meta, arrays = metadata(tiny, config), tensors(config, state)
-    edit(meta, arrays)
-    src = write_gguf(tmp_path / "m.gguf", meta, arrays)
-    with pytest.raises(WarmgraphError) as excinfo:
-        convert_gguf(src, tmp_path / "out")
-    one_line_error(excinfo, *fragments)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.gguf"]
-
-
-def test_linear_rope_scaling_is_kept(tiny: Tiny, tmp_path: Path) -> None:
-    config, state = tiny.variant(tied=True)
-    meta = metadata(tiny, config)
-    _linear_no_factor(meta, {})
-    meta[K.Rope.SCALING_FACTOR.format(arch="llama")] = 2.0
-    model = read_gguf(write_gguf(tmp_path / "m.gguf", meta, tensors(config, state)))
-    assert model.config.rope_scaling == {"rope_type": "linear", "factor": 2.0}
-
-
-def _unreadable(src: bytes, kind: str) -> bytes:
-    return {
-        "not-gguf": b'{"__metadata__": {}}' + bytes(200),  # a safetensors header, say
-        "empty": b"",
-        "cut-in-header": src[:40],
-        "cut-in-metadata": src[: len(src) // 8],
-        "cut-in-tensor-data": src[:-1000],
-    }[kind]
-
-
-@pytest.mark.parametrize("kind", ["not-gguf", "empty", "cut-in-header", "cut-in-metadata", "cut-in-tensor-data"])
-def test_unreadable_files_refused(f32_gguf: Path, tmp_path: Path, kind: str) -> None:
-    path = tmp_path / "bad.gguf"
-    path.write_bytes(_unreadable(f32_gguf.read_bytes(), kind))
-    with pytest.raises(WarmgraphError) as excinfo:
-        convert_gguf(path, tmp_path / "out")
-    one_line_error(excinfo, f"{path} is not a readable GGUF file", "truncated or another format")
-    assert not (tmp_path / "out").exists()
-
-
-def test_missing_file_or_directory_refused(tmp_path: Path) -> None:
-    with pytest.raises(WarmgraphError) as excinfo:
-        read_gguf(tmp_path / "absent.gguf")
-    one_line_error(excinfo, f"GGUF file {tmp_path / 'absent.gguf'} does not exist")
-    with pytest.raises(WarmgraphError) as excinfo:
-        read_gguf(tmp_path)
-    one_line_error(excinfo, f"{tmp_path} is not a file")
-
-
-# -- 5. OUT_DIR: atomic, and never over something -------------------------------------------------
-
-@pytest.mark.parametrize(("error", "raised"), [
-    (OSError(errno.ENOSPC, "No space left on device"), WarmgraphError),
-    (RuntimeError("disk controller on fire"), RuntimeError),
-], ids=["oserror", "other-error"])
-def test_failure_midway_leaves_nothing(f32_gguf: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       error: Exception, raised: type[Exception]) -> None:
-    out = tmp_path / "nested" / "out"
-    written: list[str] = []
-
-    def fail(path: Path) -> str:  # sha256_file is called for the last file, once the others exist
-        (tmp,) = out.parent.glob(".out.tmp.*")
-        written.extend(sorted(p.name for p in tmp.iterdir()))
-        raise error
-
-    monkeypatch.setattr(gguf_convert, "sha256_file", fail)
-    with pytest.raises(raised) as excinfo:
-        convert_gguf(f32_gguf, out)
-    if raised is WarmgraphError:
-        one_line_error(excinfo, f"cannot write {out}", "No space left on device")
-    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"} <= set(written)
-    assert not out.exists()
-    assert list(out.parent.iterdir()) == []  # no .out.tmp.* beside it
-
-
-def test_out_dir_must_be_new_or_empty(f32_gguf: Path, tmp_path: Path) -> None:
-    full = tmp_path / "full"
-    full.mkdir()
-    (full / "keep.txt").write_text("mine")
-    a_file = tmp_path / "a_file"
-    a_file.write_text("mine")
-    for target in (full, a_file):
-        with pytest.raises(WarmgraphError) as excinfo:
-            convert_gguf(f32_gguf, target)
-        one_line_error(excinfo, f"{target} already exists and is not an empty directory")
-    assert [p.name for p in full.iterdir()] == ["keep.txt"] and a_file.read_text() == "mine"
-
-    empty = tmp_path / "empty"
-    empty.mkdir()
-    convert_gguf(f32_gguf, empty)
-    assert sorted(p.name for p in empty.iterdir()) == sorted(
-        ["model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json",
-         gguf_convert.SOURCE_FILE])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "empty", "full", "tiny-f32.gguf"]
-
-
-# -- 6. The command ------------------------------------------------------------------------------
-
-def test_cli_json(f32_gguf: Path, tmp_path: Path, capsys: Capsys) -> None:
-    out = tmp_path / "out16"
-    code, stdout, err = run(capsys, "convert-gguf", str(f32_gguf), str(out), "--dtype", "bf16", "--json")
-    assert code == 0, err
-    result = one_json(stdout)
-    seconds = result.pop("seconds")
-    assert isinstance(seconds, float) and seconds >= 0
-    assert result == {"gguf": str(f32_gguf), "out_dir": str(out), "dtype": "bfloat16", "layers": 4,
-                      "hidden_size": 64, "vocab_size": 512, "tensor_types": {"F32": 38}, "chat_template": True}
-    with safe_open(str(out / "model.safetensors"), framework="pt") as fh:
-        assert {fh.get_slice(n).get_dtype() for n in fh.keys()} == {"BF16"}  # noqa: SIM118
-    _, _, config = load_checkpoint(out)
-    assert config.torch_dtype == "bfloat16"
-
-
-def test_cli_text(f32_gguf: Path, tmp_path: Path, capsys: Capsys) -> None:
-    out = tmp_path / "out"
-    code, stdout, err = run(capsys, "convert-gguf", str(f32_gguf), str(out))
-    assert code == 0, err
-    assert stdout.count("\n") == 1 and stdout.startswith(f"converted tiny-f32.gguf (38 F32) into {out} in ")
-    assert stdout.rstrip().endswith("4 layers, hidden 64, vocab 512, float32, chat template")
-    assert (out / "model.safetensors").is_file()

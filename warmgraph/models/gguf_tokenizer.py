@@ -80,7 +80,8 @@ def build_tokenizer(meta: Mapping[str, Any]) -> Tokenizer:
     Token ids equal the GGUF ids; control tokens are special (matched whole, skipped when
     decoding with ``skip_special_tokens``), user-defined ones are matched whole; BOS is
     prepended exactly when the file says so. Raises WarmgraphError (one line) for a tokenizer
-    model or pre-tokenizer it cannot rebuild, or malformed vocabulary metadata.
+    model or pre-tokenizer it cannot rebuild, or malformed vocabulary metadata (a merge of
+    tokens, or into a token, the vocabulary lacks).
     """
     from tokenizers import AddedToken, Tokenizer, decoders, models, processors
 
@@ -98,10 +99,17 @@ def build_tokenizer(meta: Mapping[str, Any]) -> Tokenizer:
         raise WarmgraphError("GGUF vocabulary repeats a token string; ids would be ambiguous")
     pairs = []
     for merge in merges:
-        left, sep, right = merge.partition(" ")
-        if not sep or not left or not right:
-            raise WarmgraphError(f"GGUF merge {merge!r} is not two tokens separated by one space")
-        pairs.append((left, right))
+        # Byte-level tokens hold no plain space (it is "Ġ"), so a merge is exactly two tokens.
+        parts = merge.split(" ")
+        if len(parts) != 2 or not all(parts):
+            raise WarmgraphError(f"GGUF merge {merge!r} is not two tokens separated by one space; the file's "
+                                 "tokenizer is damaged: re-create it from the original model")
+        # tokenizers would refuse these with a multi-line "Error while initializing BPE".
+        for token in (*parts, "".join(parts)):
+            if token not in vocab:
+                raise WarmgraphError(f"GGUF merge {merge!r} names {token!r}, which is not in the vocabulary; the "
+                                     "file's tokenizer is inconsistent: re-create it from the original model")
+        pairs.append((parts[0], parts[1]))
     ids = special_ids(meta, len(tokens))
     unk = tokens[ids["unk"]] if ids["unk"] is not None else None
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=pairs, unk_token=unk, ignore_merges=False))
