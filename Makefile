@@ -28,12 +28,11 @@ $(TESTSTAMP): $(STAMP)
 DEMO := --max-model-len 128 --max-num-seqs 2
 
 demo: $(STAMP)
-	@echo "== 1. warm up SmolLM2-135M-Instruct (converted once from its GGUF): every prompt and decode bucket"
-	$(VENV)/bin/warmgraph warmup $(DEMO)
-	@echo "== 2. generate through the warmed graphs, greedy: two prompts and a chat turn in one batch"
-	$(VENV)/bin/warmgraph generate $(DEMO) --prompt "The capital of France is" \
-	  --prompt "A good way to learn a new language is" --chat-prompt "What is the capital of France?" --max-tokens 24
-	@echo "== 3. the graph cache"
+	@echo "== 1. SmolLM2-135M-Instruct (converted once from its GGUF): warm up every prompt and decode bucket"
+	@echo "==    through the graph cache, then generate, greedy: two prompts and a chat turn in one batch"
+	$(VENV)/bin/warmgraph generate --warmup $(DEMO) --prompt "The capital of France is" \
+	  --prompt "A good way to learn a new language is" --chat-prompt "What is the capital of France?" --max-tokens 12
+	@echo "== 2. the graph cache"
 	$(VENV)/bin/warmgraph cache du
 
 demo-buckets: $(STAMP)

@@ -170,3 +170,15 @@ def test_a_damaged_builtin_model_says_how_to_recreate_it(tmp_path: Path, capsys:
     code, _, err = run(capsys, "generate", "--model", "tiny", "--cache-dir", str(tmp_path), "--prompt", "hi")
     assert code == 2 and err.count("\n") == 1
     assert f"remove {weights.parent} and warmgraph creates it again" in err
+
+
+def test_generate_with_warmup_builds_every_bucket_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cli_helpers import run_json
+
+    base = ["generate", "--model", "tiny", "--cache-dir", str(tmp_path), "--backend", "eager", "--prompt", "hello",
+            "--max-tokens", "3", "--max-num-seqs", "2", "--max-model-len", "128"]
+    lazy = run_json(capsys, *base)
+    assert "warmup" not in lazy and lazy["stats"]["eager_fallbacks"] == 0
+    warm = run_json(capsys, *base, "--warmup", "--workers", "1")
+    assert warm["warmup"]["buckets"] == warm["warmup"]["prompt"] + warm["warmup"]["decode"] == 6
+    assert warm["completions"][0]["token_ids"] == lazy["completions"][0]["token_ids"]

@@ -99,18 +99,9 @@ def _build(model_dir: str | None, dtype: str | None, cache_dir: str | None, kw: 
     return Engine(model, tokenizer, config, plan), path
 
 
-@click.command("warmup")
-@_engine_options
-@click.option("--workers", type=int, default=None, help="Processes for cold compiles [number of cores].")
-def warmup(model_dir: str | None, dtype: str | None, cache_dir: str | None, as_json: bool, workers: int | None,
-           **kw: Any) -> None:
-    """Build every prompt and decode graph of a model, loading what the graph cache has.
-
-    MODEL_DIR is a local Hugging Face-format Llama directory; without it, --model (default smollm2).
-    """
-    if workers is not None and workers < 1:
-        raise click.BadParameter("must be at least 1", param_hint="--workers")
-    engine, path = _build(model_dir, dtype, cache_dir, kw, progress=not as_json)
+def _warm_up(engine: Any, path: str, workers: int | None, as_json: bool) -> dict[str, Any]:
+    """Build every bucket (workers for what the cache lacks), print the summary unless
+    ``as_json``, and return it as a dict."""
     workers = workers or os.cpu_count() or 1
     report = engine.warmup(progress=not as_json, workers=workers)
     sources = Counter(e.source for e in report.entries)
@@ -126,8 +117,7 @@ def warmup(model_dir: str | None, dtype: str | None, cache_dir: str | None, as_j
         "entries": totals["entries"],
     }
     if as_json:
-        emit_json(result)
-        return
+        return result
     slowest = sorted(report.entries, key=lambda e: -e.seconds)[:3]
     click.echo(f"model {path}")
     click.echo(table(["graphs", "prompt", "decode", "compiled", "loaded", "captured", "seconds", "backend", "device"],
@@ -142,6 +132,31 @@ def warmup(model_dir: str | None, dtype: str | None, cache_dir: str | None, as_j
                    f"{totals['buffer_bytes'] / 2**10:.1f} KiB" if device is not None else
                    f"captured {report.captured} steps; static buffers {totals['buffer_bytes'] / 2**10:.1f} KiB")
     click.echo(f"graph cache: {result['cache']}")
+    return result
+
+
+def _check_workers(workers: int | None) -> None:
+    if workers is not None and workers < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--workers")
+
+
+_WORKERS = click.option("--workers", type=int, default=None, help="Processes for cold compiles [number of cores].")
+
+
+@click.command("warmup")
+@_engine_options
+@_WORKERS
+def warmup(model_dir: str | None, dtype: str | None, cache_dir: str | None, as_json: bool, workers: int | None,
+           **kw: Any) -> None:
+    """Build every prompt and decode graph of a model, loading what the graph cache has.
+
+    MODEL_DIR is a local Hugging Face-format Llama directory; without it, --model (default smollm2).
+    """
+    _check_workers(workers)
+    engine, path = _build(model_dir, dtype, cache_dir, kw, progress=not as_json)
+    result = _warm_up(engine, path, workers, as_json)
+    if as_json:
+        emit_json(result)
 
 
 @click.command("generate")
@@ -156,9 +171,12 @@ def warmup(model_dir: str | None, dtype: str | None, cache_dir: str | None, as_j
 @click.option("--seed", type=int, default=_SAMPLING["seed"])
 @click.option("--chat", is_flag=True, help="Send every --prompt as a chat turn too.")
 @click.option("--system", help="The system turn of the chat turns [the template's default].")
+@click.option("--warmup", "warm_all", is_flag=True,
+              help="First build every bucket, as `warmgraph warmup` does, in this process (a server's start).")
+@_WORKERS
 def generate(model_dir: str | None, dtype: str | None, cache_dir: str | None, as_json: bool, prompts: tuple[str, ...],
              chat_prompts: tuple[str, ...], max_tokens: int, temperature: float, top_p: float, seed: int | None,
-             chat: bool, system: str | None, **kw: Any) -> None:
+             chat: bool, system: str | None, warm_all: bool, workers: int | None, **kw: Any) -> None:
     """Generate text for each --prompt and --chat-prompt through the cached graphs, and report the stats.
 
     A chat turn is rendered by the model's chat template (with --system as its system turn) and
@@ -170,6 +188,9 @@ def generate(model_dir: str | None, dtype: str | None, cache_dir: str | None, as
         raise click.UsageError("nothing to generate: give --prompt TEXT or --chat-prompt TEXT (repeatable)")
     if system is not None and not any(is_chat for _, is_chat in turns):
         raise click.UsageError("--system is the system turn of a chat; add --chat or use --chat-prompt")
+    _check_workers(workers)
+    if workers is not None and not warm_all:
+        raise click.UsageError("--workers compiles a warmup in parallel; add --warmup")
     engine, path = _build(model_dir, dtype, cache_dir, kw, progress=not as_json)
     texts = [p for p, _ in turns]
     if any(is_chat for _, is_chat in turns):
@@ -177,17 +198,19 @@ def generate(model_dir: str | None, dtype: str | None, cache_dir: str | None, as
 
         template, special = read_chat_template(path)
         texts = [render_chat(template, chat_messages(p, system), special) if is_chat else p for p, is_chat in turns]
-    # No warmup pass: a one-shot run loads (or compiles) only the graphs its requests use, on
-    # first use; `warmgraph warmup` is the command that builds every bucket.
+    # Without --warmup a one-shot run loads (or compiles) only the graphs its requests use, on
+    # first use; with it every bucket is built first, as a server does before taking requests.
+    warm = _warm_up(engine, path, workers, as_json) if warm_all else None
+    built = {k: engine.counter(k) for k in ("compiles", "cache_hits")}  # from here on: built on first use
     out = engine.generate(texts, params, chat=[is_chat for _, is_chat in turns])
     for completion, (prompt, is_chat), text in zip(out["completions"], turns, texts):
         if is_chat:
             completion.update(prompt=prompt, chat_prompt=text)  # the user's words, and what the model read
-    out["stats"].update(graphs_compiled=engine.counter("compiles"),
-                        graphs_loaded=engine.counter("cache_hits"), backend=engine.backend_name,
+    out["stats"].update(graphs_compiled=engine.counter("compiles") - built["compiles"],
+                        graphs_loaded=engine.counter("cache_hits") - built["cache_hits"], backend=engine.backend_name,
                         device=engine.device.type, threads=engine.config.threads)
     if as_json:
-        emit_json({"model": path, **out})
+        emit_json({"model": path, **out, **({"warmup": warm} if warm is not None else {})})
         return
     for c in out["completions"]:
         click.echo(f"{'chat> ' if 'chat_prompt' in c else '> '}{c['prompt']}")
