@@ -114,7 +114,10 @@ def test_ctrl_c_during_warmup_leaves_a_cache_the_next_run_uses(tmp_path: Path) -
     env = {**os.environ, "WARMGRAPH_CACHE_DIR": str(cache), "PYTHONWARNINGS": "ignore"}
     args = [sys.executable, "-m", "warmgraph", "warmup", "--model", "tiny", "--backend", "aot", "--workers", "1",
             "--max-num-seqs", "2", "--max-num-batched-tokens", "32", "--max-model-len", "64", "--block-size", "32"]
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell that starts a job in the background (`cmd &`) leaves SIGINT ignored, and the child
+    # would inherit that; reset it so Python installs its Ctrl-C handler, as in a terminal.
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         entries = cache / "entries"
