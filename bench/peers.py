@@ -69,14 +69,22 @@ def trim(ids: list[int], eos: set[int], n: int) -> list[int]:
     return ids[:n]
 
 
-def warmgraph_peer(model_dir: Path, dtype: str, threads: int, cache: Path, max_model_len: int) -> Peer:
+# Inductor's own C++ GEMM templates, benchmarked against ATen (MKL) per matmul at compile time:
+# MKL's fp32 matrix-vector kernel stays on one thread at SmolLM2's sizes, the template does not.
+AUTOTUNE = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+
+
+def warmgraph_peer(model_dir: Path, dtype: str, threads: int, cache: Path, max_model_len: int,
+                   autotune: bool = False) -> Peer:
+    from warmgraph.compiler.aot import AOTBackend
     from warmgraph.engine import Engine, EngineConfig, SamplingParams, serving_limits
     from warmgraph.models.loader import load_checkpoint
 
     t0 = time.perf_counter()
     model, tokenizer, _ = load_checkpoint(model_dir, dtype)
     limits = serving_limits(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=max_model_len, block_size=64)
-    engine = Engine(model, tokenizer, EngineConfig(serving=limits, backend="aot", device="cpu", cache=str(cache),
+    backend = AOTBackend(AUTOTUNE) if autotune else "aot"
+    engine = Engine(model, tokenizer, EngineConfig(serving=limits, backend=backend, device="cpu", cache=str(cache),
                                                    threads=threads))
     load_s = time.perf_counter() - t0
     report = engine.warmup()
@@ -87,6 +95,7 @@ def warmgraph_peer(model_dir: Path, dtype: str, threads: int, cache: Path, max_m
 
     setup = {"load_s": round(load_s, 2), "compile_warmup_s": round(report.seconds, 2), "graphs": len(report.entries),
              "compiled": report.compiled, "loaded_from_cache": report.loaded, "backend": engine.backend_name,
+             "inductor_configs": AUTOTUNE if autotune else {},
              "limits": {"max_num_seqs": 8, "max_num_batched_tokens": 64, "max_model_len": max_model_len,
                         "block_size": 64}}
     return Peer(f"warmgraph.{dtype}", run, setup)
@@ -223,6 +232,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="warmgraph graph cache (default: <warmgraph cache root>/bench-peers, warm on reruns)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 tokens, 1 round")
+    parser.add_argument("--autotune", action="store_true",
+                        help="warmgraph's aot graphs with Inductor's C++ GEMM templates autotuned against ATen")
     args = parser.parse_args()
     if args.quick:
         args.tokens, args.repeats = 4, 1
@@ -249,7 +260,7 @@ def main() -> None:
     peers: list[Peer] = []
     for dtype in DTYPES:
         log(f"warmgraph {dtype}: load and warm up (graphs in {cache}; the first run compiles them)")
-        peers.append(warmgraph_peer(model_dir, dtype, args.threads, cache, max_model_len))
+        peers.append(warmgraph_peer(model_dir, dtype, args.threads, cache, max_model_len, args.autotune))
         log(f"warmgraph {dtype}: {peers[-1].setup}")
         log(f"transformers {dtype}: load")
         peers.append(transformers_peer(model_dir, dtype, ids, eos))
@@ -273,6 +284,7 @@ def main() -> None:
     ref = next(p for p in peers if p.name == "transformers.fp32").tokens_b1
     result = {
         "model": "SmolLM2-135M-Instruct", "model_dir": str(model_dir), "threads": args.threads,
+        "autotune": args.autotune,
         "tokens": args.tokens, "repeats": args.repeats, "quick": args.quick, "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "prompt_tokens": [len(i) for i in ids], "batch_1_prompt": PROMPTS[0],
         "method": {
