@@ -80,7 +80,9 @@ def _build(model_dir: str | None, dtype: str | None, cache_dir: str | None, kw: 
     from warmgraph.models.loader import load_checkpoint
 
     # torch is imported now: its hundreds of thousands of objects live as long as the process,
-    # and each full garbage collection would walk them again (about 0.1 s a time here).
+    # and each full garbage collection would walk them again (about 0.1 s a time here). Frozen
+    # objects are never collected; for a one-shot command that costs nothing. (Measured against
+    # collecting first and against pausing collections: both gave back half the gain or more.)
     gc.freeze()
     model_name = kw.pop("model_name")
     if model_dir is not None and model_name is not None:
