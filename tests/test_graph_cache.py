@@ -302,3 +302,15 @@ def test_lock_failure_is_a_cache_write_error(tmp_path: Path, monkeypatch: pytest
     monkeypatch.setattr(store_mod, "FileLock", Full)
     with pytest.raises(CacheWriteError, match="No space left on device"), cache.lock("ab" * 32):
         pass
+
+
+def test_a_root_another_process_creates_meanwhile_is_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two cold processes race to create the root: the loser's mkdir finds it there. That is
+    not a write failure (it once sent one process to in-memory graphs, compiling twice)."""
+    root = tmp_path / "cache"
+    root.mkdir(mode=0o700)  # the winner's mkdir
+    real_exists = Path.exists
+    monkeypatch.setattr(Path, "exists", lambda self: False if self == root else real_exists(self))
+    cache = GraphCache(root)
+    cache.ensure()  # our check saw no root; our mkdir raises FileExistsError
+    assert (root / "entries").is_dir() and (root / "locks").is_dir()

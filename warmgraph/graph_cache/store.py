@@ -100,8 +100,11 @@ class GraphCache:
             return
         try:
             if not self.root.exists():
-                self.root.mkdir(mode=0o700, parents=True)
-                os.chmod(self.root, 0o700)  # mkdir's mode is filtered by the umask
+                try:
+                    self.root.mkdir(mode=0o700, parents=True)
+                    os.chmod(self.root, 0o700)  # mkdir's mode is filtered by the umask
+                except FileExistsError:
+                    pass  # another process created it between the check and mkdir; vetted below
             for sub in ("entries", "tmp", "locks"):
                 (self.root / sub).mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
