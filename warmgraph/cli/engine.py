@@ -48,8 +48,8 @@ def _engine_options(f: Any) -> Any:
         click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
                      help="Weights dtype [the checkpoint's]."),
         click.option("--threads", type=int, default=None,
-                     help="Torch threads [$OMP_NUM_THREADS, else the idle cores: cores minus the 1-minute load "
-                          "average, at least 1; threads on busy cores slow every matmul]."),
+                     help="Torch threads [$OMP_NUM_THREADS, else the idle cores: cores minus the other tasks "
+                          "runnable now, at least 1; threads on busy cores slow every matmul]."),
         click.option("--cache-dir", help="Graph cache root [$WARMGRAPH_CACHE_DIR or ~/.cache/warmgraph]."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object and nothing else."),
     ]
