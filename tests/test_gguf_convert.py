@@ -22,7 +22,6 @@ from gguf_writer import (
     Tiny,
     llama_cpp_names,
     llama_cpp_permute,
-    make_tiny,
     metadata,
     one_line_error,
     quantised,
@@ -45,16 +44,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 TEXTS = ("The cat watches the river slowly.", "On day 17, our team counts 42 of the garden gate!",
          "  leading spaces,\ttabs\nand newlines\n\n", "Unicode: café, naïve, 日本語, emoji 🙂",
          "$499.99 -- 12345678 'quoted' \"double\" it's we'll", "")
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Tiny:
-    return make_tiny()
-
-
-@pytest.fixture
-def f32_gguf(tiny: Tiny, tmp_path: Path) -> Path:
-    return tiny_gguf(tiny, tmp_path / "tiny-f32.gguf")
 
 
 def logits(model: LlamaForCausalLM, ids: list[int]) -> torch.Tensor:

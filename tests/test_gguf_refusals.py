@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from cli_helpers import Capsys, one_json, run
 from gguf import GGMLQuantizationType as QType
-from gguf_writer import K, Meta, Tensors, Tiny, make_tiny, metadata, one_line_error, tensors, tiny_gguf, write_gguf
+from gguf_writer import K, Meta, Tensors, Tiny, metadata, one_line_error, tensors, write_gguf
 from safetensors import safe_open
 
 from warmgraph.errors import WarmgraphError
@@ -29,16 +29,6 @@ from warmgraph.models.gguf_convert import convert_gguf, read_gguf
 from warmgraph.models.loader import load_checkpoint
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def tiny() -> Tiny:
-    return make_tiny()
-
-
-@pytest.fixture
-def f32_gguf(tiny: Tiny, tmp_path: Path) -> Path:
-    return tiny_gguf(tiny, tmp_path / "tiny-f32.gguf")
 
 
 # -- 1. Refusals ---------------------------------------------------------------------------------
