@@ -111,7 +111,10 @@ class AOTBackend:
         import torch
 
         module = _as_module(fn)
-        exported = torch.export.export(module, tuple(example_inputs))
+        # A module may say which input dims stay symbolic (one graph for every size); by default
+        # every shape is static, as a bucket's graph is.
+        dynamic_shapes = getattr(module, "export_dynamic_shapes", None)
+        exported = torch.export.export(module, tuple(example_inputs), dynamic_shapes=dynamic_shapes)
         sig = exported.graph_signature
         owned = [*sig.parameters, *sig.buffers, *sig.lifted_tensor_constants]
         bindable = isinstance(fn, torch.nn.Module) and all(_resolve(module, n) is not None for n in owned)

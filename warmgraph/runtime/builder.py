@@ -58,12 +58,14 @@ class GraphBuilder:
     """Builds graphs of ``fn`` on ``backend`` through ``cache`` (None: no cache)."""
 
     def __init__(self, fn: Callable[..., Any], backend: Backend, cache: GraphCache | None,
-                 counters: Counters | None = None) -> None:
+                 counters: Counters | None = None, fingerprint: Fingerprint | None = None) -> None:
+        """``fingerprint``: what ``fn`` is, when the caller knows better than ``compiler.fingerprint``
+        (the vLLM integration describes vLLM's graph by its code and placeholders)."""
         self.fn = fn
         self.backend = backend
         self.cache = cache
         self.counters = counters if counters is not None else Counters()
-        self._fingerprint: Fingerprint | None = None
+        self._fingerprint: Fingerprint | None = fingerprint
         self._device: dict[str, Any] | None = None
         self._warned: set[str] = set()
 

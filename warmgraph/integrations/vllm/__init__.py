@@ -1,0 +1,61 @@
+"""warmgraph inside vLLM: ``vllm serve`` and ``LLM()`` running warmgraph's cached graphs.
+
+Use it as vLLM's compile backend in mode 2 (DYNAMO_TRACE_ONCE)::
+
+    LLM(model, compilation_config={"mode": 2, "backend": "warmgraph.integrations.vllm.backend"})
+
+or set ``WARMGRAPH_VLLM=1`` and let the general plugin (``integrations.vllm.plugin``) turn it on
+for ``vllm serve MODEL`` as users type it. Nothing here imports vLLM until vLLM calls in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+BACKEND = "warmgraph.integrations.vllm.backend"
+
+
+def backend(gm: Any, example_inputs: Sequence[Any]) -> Any:
+    """vLLM's compile backend: builds a ``WarmgraphFunction`` for vLLM's whole-model graph.
+
+    Called once per process by Dynamo with vLLM's graph (weights as inputs, a SymInt token
+    count). Plans the sizes from the current vLLM config (``plan.plan_sizes``); the graphs are
+    loaded or compiled on the first call. Raises WarmgraphError for a graph it cannot serve.
+    """
+    from warmgraph.integrations.vllm.function import WarmgraphFunction, vllm_factors
+    from warmgraph.integrations.vllm.graph import VllmGraph
+    from warmgraph.integrations.vllm.plan import plan_sizes
+
+    config = current_config()
+    graph = VllmGraph(gm, example_inputs)
+    inductor = dict(config.compilation_config.inductor_compile_config)
+    return WarmgraphFunction(graph, plan_sizes(config), config.scheduler_config.max_num_batched_tokens,
+                             inductor, vllm_factors())
+
+
+def current_config() -> Any:
+    """The vLLM config of the model being compiled.
+
+    vLLM calls a mode-2 backend outside its ``set_current_vllm_config`` context (0.32), so when
+    that is unset the config is read from the compiling model itself: the decorated model's
+    ``__call__`` is on the stack, and its ``self.vllm_config`` is the config.
+    """
+    import sys
+
+    from vllm.config import VllmConfig, get_current_vllm_config_or_none
+
+    config = get_current_vllm_config_or_none()
+    frame = sys._getframe(1)
+    while config is None and frame is not None:
+        owner = frame.f_locals.get("self")
+        candidate = getattr(owner, "vllm_config", None)
+        if isinstance(candidate, VllmConfig):
+            config = candidate
+        frame = frame.f_back
+    if config is None:
+        from warmgraph.errors import WarmgraphError
+
+        raise WarmgraphError("warmgraph's vLLM backend was called outside a vLLM model; use it as "
+                             f"compilation_config={{'mode': 2, 'backend': '{BACKEND}'}}")
+    return config

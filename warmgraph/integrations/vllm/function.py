@@ -1,0 +1,188 @@
+"""The callable warmgraph's backend gives vLLM: per-size AOTInductor graphs and one dynamic graph.
+
+vLLM calls it with the same arguments as its graph, at the real token count of each step (the
+CPU runner does not pad, and attention metadata is sized to the real count, so nothing can be
+padded here). A count with its own graph runs it (``replays``); any other count runs the
+dynamic-shape graph (``dynamic_calls``); a count outside the dynamic graph's range runs vLLM's
+graph eagerly (``eager_fallbacks``). All three are counted, the last two logged once per count.
+
+Graphs are built on the first call, from its real arguments: loaded from warmgraph's graph
+cache, or compiled (then stored) on a miss, through the runtime's ``GraphBuilder``, so per-key
+locks keep concurrent processes from compiling a key twice and a damaged entry is recompiled.
+
+It is a torch ``SerializableCallable``: vLLM's AOT path (on by default with torch >= 2.10)
+saves it in its own artifact, and a warm start loads it without running Dynamo. The artifact
+holds vLLM's graph (pickled with vLLM's own graph pickler), the input layout and the plan, never
+compiled code: the graphs stay in warmgraph's cache, where ``warmgraph cache`` sees them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch._dynamo.aot_compile_types import SerializableCallable
+
+from warmgraph.compiler.aot import AOTBackend
+from warmgraph.compiler.fingerprint import Fingerprint
+from warmgraph.graph_cache.store import GraphCache
+from warmgraph.integrations.vllm.graph import Slot, VllmGraph
+from warmgraph.runtime.builder import BuildResult, GraphBuilder
+from warmgraph.runtime.counters import Counters
+
+log = logging.getLogger("warmgraph.vllm")
+STATE_VERSION = 1
+# vLLM settings about its own caching and process layout: they never change the graph's code.
+_ENV_IGNORED = frozenset({
+    "VLLM_USE_AOT_COMPILE", "VLLM_USE_BYTECODE_HOOK", "VLLM_USE_MEGA_AOT_ARTIFACT", "VLLM_USE_STANDALONE_COMPILE",
+    "VLLM_COMPILE_CACHE_SAVE_FORMAT", "VLLM_DISABLE_COMPILE_CACHE", "VLLM_FORCE_AOT_LOAD",
+    "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE", "VLLM_LOGGING_LEVEL", "VLLM_CONFIGURE_LOGGING",
+})
+_LIVE: weakref.WeakSet[WarmgraphFunction] = weakref.WeakSet()
+
+
+def live_functions() -> list[WarmgraphFunction]:
+    """The functions alive in this process (tests and the warmup driver read their counters)."""
+    return list(_LIVE)
+
+
+def vllm_factors() -> dict[str, Any]:
+    """vLLM's version and the ``VLLM_*`` settings it hashes into its own compile cache key, minus
+    those about caching and processes: what changes the graph vLLM traces."""
+    import vllm
+    from vllm import envs
+
+    env = {k: repr(v) for k, v in sorted(envs.compile_factors().items()) if k not in _ENV_IGNORED}
+    return {"vllm": vllm.__version__, "vllm_env": env}
+
+
+class WarmgraphFunction(SerializableCallable):
+    """Dispatches vLLM's calls on their token count to warmgraph's graphs (see the module docstring)."""
+
+    def __init__(self, graph: VllmGraph, sizes: Sequence[int], max_tokens: int,
+                 inductor_configs: dict[str, Any], extra_factors: dict[str, Any]) -> None:
+        self.graph = graph
+        self.sizes = sorted({int(s) for s in sizes if 1 <= int(s) <= max_tokens})
+        self.max_tokens = int(max_tokens)
+        self.inductor_configs = dict(inductor_configs)
+        self.extra_factors = dict(extra_factors)
+        self.counters = Counters()
+        self.counters["dynamic_calls"] = 0
+        self.builds: list[BuildResult] = []
+        self.build_seconds = 0.0
+        self._graphs: dict[int, Any] = {}
+        self._dynamic: Any = None
+        self._built = False
+        self._logged: set[int] = set()
+        _LIVE.add(self)
+
+    # -- calls -------------------------------------------------------------------------------
+
+    def __call__(self, *args: Any) -> Any:
+        if not self._built:
+            self.build(args)
+        tokens = self.graph.tokens(args)
+        graph = self._graphs.get(tokens)
+        if graph is not None:
+            self.counters["replays"] += 1
+            return graph(*self.graph.tensors(args))
+        if self._dynamic is not None and 2 <= tokens <= self.max_tokens:
+            self.counters["dynamic_calls"] += 1
+            self._log_once(tokens, "warmgraph: %d tokens has no graph of its own; the dynamic graph serves it")
+            return self._dynamic(*self.graph.tensors(args))
+        self.counters["eager_fallbacks"] += 1
+        self._log_once(tokens, "warmgraph: %d tokens is outside every graph; vLLM's graph runs eagerly")
+        return self.graph.gm(*args)
+
+    def _log_once(self, tokens: int, message: str) -> None:
+        if tokens not in self._logged:
+            self._logged.add(tokens)
+            log.info(message, tokens)
+
+    # -- building ----------------------------------------------------------------------------
+
+    def _builder(self, dynamic: bool, cache: GraphCache | None) -> GraphBuilder:
+        factors = {**self.graph.factors, **self.extra_factors, "dynamic": dynamic}
+        module = self.graph.module(dynamic, self.max_tokens)
+        backend = AOTBackend(self.inductor_configs)
+        return GraphBuilder(module, backend, cache, self.counters, fingerprint=Fingerprint(factors))
+
+    def build(self, args: Sequence[Any]) -> None:
+        """Load or compile every planned size and the dynamic graph, from a real call's arguments."""
+        t0 = time.perf_counter()
+        cache = GraphCache()
+        static = self._builder(False, cache)
+        with torch.inference_mode(False), torch.no_grad():
+            for n in self.sizes:
+                result = static.build((n,), self.graph.example(args, n))
+                self.builds.append(result)
+                self._graphs[n] = result.graph
+            dynamic = self._builder(True, cache)
+            result = dynamic.build((2, self.max_tokens), self.graph.example(args, self.max_tokens))
+            self.builds.append(result)
+            self._dynamic = result.graph
+        self._built = True
+        self.build_seconds = time.perf_counter() - t0
+        log.info("warmgraph: %d graphs for vLLM (sizes %s and a dynamic one up to %d tokens): %d loaded, "
+                 "%d compiled, %.1f s", len(self.builds), self.sizes, self.max_tokens,
+                 self.counters["cache_hits"], self.counters["compiles"], self.build_seconds)
+        _report(self)
+
+    def finalize_loading(self, vllm_config: Any) -> None:
+        """Called by vLLM after loading its artifact; the graphs load on the first call."""
+
+    # -- serialization -----------------------------------------------------------------------
+
+    @classmethod
+    def serialize_compile_artifacts(cls, fn: WarmgraphFunction) -> bytes:
+        from vllm.compilation.caching import VllmSerializableFunction
+
+        for node in fn.graph.gm.graph.nodes:  # module stacks hold unpicklable objects; unneeded here
+            node.meta.pop("source_fn_stack", None)
+            node.meta.pop("nn_module_stack", None)
+        state = {
+            "version": STATE_VERSION,
+            "gm": VllmSerializableFunction.serialize_graph_module(fn.graph.gm),
+            "slots": fn.graph.slots,
+            "factors": fn.graph.factors,
+            "sizes": fn.sizes,
+            "max_tokens": fn.max_tokens,
+            "inductor_configs": fn.inductor_configs,
+            "extra_factors": fn.extra_factors,
+        }
+        return pickle.dumps(state)
+
+    @classmethod
+    def deserialize_compile_artifacts(cls, data: bytes) -> WarmgraphFunction:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.fx.experimental.symbolic_shapes import ShapeEnv
+        from vllm.compilation.caching import VllmSerializableFunction
+
+        state = pickle.loads(data)
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"warmgraph artifact version {state.get('version')} is not {STATE_VERSION}")
+        gm = VllmSerializableFunction.deserialize_graph_module(state["gm"], FakeTensorMode(shape_env=ShapeEnv()))
+        slots: list[Slot] = state["slots"]
+        graph = VllmGraph.restore(gm, slots, state["factors"])
+        return cls(graph, state["sizes"], state["max_tokens"], state["inductor_configs"], state["extra_factors"])
+
+
+def _report(fn: WarmgraphFunction) -> None:
+    """Append one JSON line to ``$WARMGRAPH_VLLM_REPORT`` when it is set (for scripts and tests)."""
+    path = os.environ.get("WARMGRAPH_VLLM_REPORT")
+    if not path:
+        return
+    import json
+
+    record = {"pid": os.getpid(), "sizes": fn.sizes, "max_tokens": fn.max_tokens,
+              "build_seconds": round(fn.build_seconds, 3), "counters": dict(fn.counters),
+              "graphs": [{"bucket": list(b.bucket), "source": b.source, "seconds": round(b.seconds, 3)}
+                         for b in fn.builds]}
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
