@@ -7,6 +7,9 @@ create it. One that exists is checked like the store checks it before loading (o
 writable by nobody else), so an unsafe root is a one-line error with the fix.
 
 Sizes are in bytes with K, M, G, T as powers of 1024, both in what is shown and in ``--max-size``.
+
+``ls``, ``show`` and ``prune`` also take ``--vllm`` (or ``--vllm-root DIR``): the same view of
+vLLM's own torch.compile cache; their bodies are in ``cache_vllm.py``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from warmgraph.graph_cache.store import Entry, GraphCache
 JSON = click.option("--json", "as_json", is_flag=True, help="Print one JSON object and nothing else.")
 DIR = click.option("--dir", "root", type=click.Path(file_okay=False, path_type=Path), default=None,
                    help="Cache root [WARMGRAPH_CACHE_DIR, else $XDG_CACHE_HOME/warmgraph, else ~/.cache/warmgraph].")
+VLLM = click.option("--vllm", is_flag=True, help="vLLM's own torch.compile cache instead of warmgraph's.")
+VLLM_ROOT = click.option("--vllm-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+                         help="vLLM's cache root, implies --vllm [VLLM_CACHE_ROOT, else $XDG_CACHE_HOME/vllm, "
+                              "else ~/.cache/vllm].")
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -131,9 +138,14 @@ def cache() -> None:
 
 @cache.command("ls")
 @DIR
+@VLLM
+@VLLM_ROOT
 @JSON
-def ls_cmd(root: Path | None, as_json: bool) -> None:
-    """List cached graphs with their size, age and use."""
+def ls_cmd(root: Path | None, vllm: bool, vllm_root: Path | None, as_json: bool) -> None:
+    """List cached graphs with their size, age and use (--vllm: vLLM's compile cache entries)."""
+    if vllm or vllm_root:
+        from warmgraph.cli import cache_vllm
+        return cache_vllm.ls(vllm_root, root, as_json)
     store = _open(root)
     entries = sorted(store.entries(), key=lambda e: (str(e.manifest.get("graph_name")), str(e.manifest.get("backend")),
                                                      str(e.manifest.get("bucket")), e.key))
@@ -183,9 +195,14 @@ def _pretty(value: Any, indent: int = 2) -> list[str]:
 @cache.command("show")
 @click.argument("key")
 @DIR
+@VLLM
+@VLLM_ROOT
 @JSON
-def show_cmd(key: str, root: Path | None, as_json: bool) -> None:
-    """One entry's key factors and files; KEY may be a unique prefix."""
+def show_cmd(key: str, root: Path | None, vllm: bool, vllm_root: Path | None, as_json: bool) -> None:
+    """One entry's key factors and files; KEY may be a unique prefix (--vllm: of a vLLM hash)."""
+    if vllm or vllm_root:
+        from warmgraph.cli import cache_vllm
+        return cache_vllm.show(key, vllm_root, root, as_json)
     store = _open(root)
     entry = store.get(_key(key))
     usage = entry.usage()
@@ -266,11 +283,19 @@ def du_cmd(root: Path | None, as_json: bool) -> None:
 @click.option("--older-than", type=DURATION, help="Remove entries unused for this long: 30m, 12h, 7d, 2w.")
 @click.option("--keep-last", type=click.IntRange(min=0), help="Keep only the N most recently used entries.")
 @click.option("--max-size", type=SIZE, help="Remove least recently used entries down to this size: 500MB, 2G.")
+@click.option("--dry-run", is_flag=True, help="With --vllm: only list what would be removed.")
 @DIR
+@VLLM
+@VLLM_ROOT
 @JSON
-def prune_cmd(older_than: float | None, keep_last: int | None, max_size: int | None, root: Path | None,
-              as_json: bool) -> None:
-    """Remove old or least recently used entries (at least one option)."""
+def prune_cmd(older_than: float | None, keep_last: int | None, max_size: int | None, dry_run: bool,
+              root: Path | None, vllm: bool, vllm_root: Path | None, as_json: bool) -> None:
+    """Remove old or least recently used entries (at least one option); --vllm: whole vLLM entries, oldest first."""
+    if vllm or vllm_root:
+        from warmgraph.cli import cache_vllm
+        return cache_vllm.prune(older_than, max_size, keep_last, dry_run, vllm_root, root, as_json)
+    if dry_run:
+        raise click.UsageError("--dry-run works with --vllm only; 'warmgraph cache ls' shows the entries and ages")
     if older_than is None and keep_last is None and max_size is None:
         raise click.UsageError("give at least one of --older-than (e.g. 7d), --keep-last N, --max-size (e.g. 2G)")
     store = _open(root)
