@@ -14,6 +14,13 @@ from collections.abc import Sequence
 from typing import Any
 
 BACKEND = "warmgraph.integrations.vllm.backend"
+# Inductor settings for our graphs: vLLM's own (``enable_auto_functionalized_v2`` off, always) and
+# on CPU those its CPU platform gives its Inductor graphs (platforms/cpu.py), so both are compiled
+# alike. Fixed here rather than read from the config, so that LLM(compilation_config={"mode": 2,
+# ...}) and WARMGRAPH_VLLM=1 (where the platform added them) build the same keys.
+INDUCTOR_CONFIGS: dict[str, Any] = {"enable_auto_functionalized_v2": False}
+CPU_INDUCTOR_CONFIGS: dict[str, Any] = {**INDUCTOR_CONFIGS, "dce": True, "size_asserts": False,
+                                        "nan_asserts": False, "epilogue_fusion": True, "cpp.dynamic_threads": True}
 
 
 def backend(gm: Any, example_inputs: Sequence[Any]) -> Any:
@@ -29,7 +36,8 @@ def backend(gm: Any, example_inputs: Sequence[Any]) -> Any:
 
     config = current_config()
     graph = VllmGraph(gm, example_inputs)
-    inductor = dict(config.compilation_config.inductor_compile_config)
+    on_cpu = all(a.device.type == "cpu" for a in example_inputs if hasattr(a, "device"))
+    inductor = CPU_INDUCTOR_CONFIGS if on_cpu else INDUCTOR_CONFIGS
     return WarmgraphFunction(graph, plan_sizes(config), config.scheduler_config.max_num_batched_tokens,
                              inductor, vllm_factors())
 

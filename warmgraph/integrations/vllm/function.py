@@ -23,7 +23,7 @@ import os
 import pickle
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -33,11 +33,13 @@ from warmgraph.compiler.aot import AOTBackend
 from warmgraph.compiler.fingerprint import Fingerprint
 from warmgraph.graph_cache.store import GraphCache
 from warmgraph.integrations.vllm.graph import Slot, VllmGraph
+from warmgraph.integrations.vllm.layer_names import restore_twins
+from warmgraph.integrations.vllm.workers import Job, compile_missing, default_workers
 from warmgraph.runtime.builder import BuildResult, GraphBuilder
 from warmgraph.runtime.counters import Counters
 
-log = logging.getLogger("warmgraph.vllm")
-STATE_VERSION = 1
+log = logging.getLogger("vllm.warmgraph")  # under "vllm": printed by vLLM's own log handler
+STATE_VERSION = 2
 # vLLM settings about its own caching and process layout: they never change the graph's code.
 _ENV_IGNORED = frozenset({
     "VLLM_USE_AOT_COMPILE", "VLLM_USE_BYTECODE_HOOK", "VLLM_USE_MEGA_AOT_ARTIFACT", "VLLM_USE_STANDALONE_COMPILE",
@@ -45,6 +47,8 @@ _ENV_IGNORED = frozenset({
     "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE", "VLLM_LOGGING_LEVEL", "VLLM_CONFIGURE_LOGGING",
 })
 _LIVE: weakref.WeakSet[WarmgraphFunction] = weakref.WeakSet()
+# Set by the warmup driver: called as graphs become ready, (done, total, bucket, source, seconds).
+progress_hook: Callable[[int, int, tuple[int, ...], str, float], None] | None = None
 
 
 def live_functions() -> list[WarmgraphFunction]:
@@ -76,6 +80,7 @@ class WarmgraphFunction(SerializableCallable):
         self.counters["dynamic_calls"] = 0
         self.builds: list[BuildResult] = []
         self.build_seconds = 0.0
+        self.worker_compiles = 0
         self._graphs: dict[int, Any] = {}
         self._dynamic: Any = None
         self._built = False
@@ -101,9 +106,11 @@ class WarmgraphFunction(SerializableCallable):
         return self.graph.gm(*args)
 
     def _log_once(self, tokens: int, message: str) -> None:
+        # The first count a graph misses is logged for everyone to see; later ones (every prompt
+        # length is one) only at debug level: the counters keep the totals.
         if tokens not in self._logged:
+            (log.debug if self._logged else log.info)(message, tokens)
             self._logged.add(tokens)
-            log.info(message, tokens)
 
     # -- building ----------------------------------------------------------------------------
 
@@ -114,24 +121,43 @@ class WarmgraphFunction(SerializableCallable):
         return GraphBuilder(module, backend, cache, self.counters, fingerprint=Fingerprint(factors))
 
     def build(self, args: Sequence[Any]) -> None:
-        """Load or compile every planned size and the dynamic graph, from a real call's arguments."""
+        """Load or compile every planned size and the dynamic graph, from a real call's arguments.
+
+        Missing graphs are compiled by forked workers first (``workers.compile_missing``), then
+        everything is loaded here; ``compiles`` counts the workers' compiles too.
+        """
         t0 = time.perf_counter()
         cache = GraphCache()
-        static = self._builder(False, cache)
+        static, dynamic = self._builder(False, cache), self._builder(True, cache)
         with torch.inference_mode(False), torch.no_grad():
-            for n in self.sizes:
-                result = static.build((n,), self.graph.example(args, n))
+            jobs = [Job(static, (n,), self.graph.example(args, n)) for n in self.sizes]
+            jobs.append(Job(dynamic, (2, self.max_tokens), self.graph.example(args, self.max_tokens)))
+            done = 0
+
+            def on_done(job: Job, source: str, seconds: float) -> None:
+                nonlocal done
+                done += 1
+                _progress(done, len(jobs), job.bucket, source, seconds)
+
+            compiled = compile_missing(jobs, default_workers(), on_done)
+            for counter in ("compiles", "cache_misses", "cache_writes"):
+                self.counters[counter] += compiled
+            for job in jobs:
+                result = job.builder.build(job.bucket, job.example)
                 self.builds.append(result)
-                self._graphs[n] = result.graph
-            dynamic = self._builder(True, cache)
-            result = dynamic.build((2, self.max_tokens), self.graph.example(args, self.max_tokens))
-            self.builds.append(result)
-            self._dynamic = result.graph
+                if len(job.bucket) == 1:
+                    self._graphs[job.bucket[0]] = result.graph
+                else:
+                    self._dynamic = result.graph
+                if not compiled:
+                    done += 1
+                    _progress(done, len(jobs), job.bucket, result.source, result.seconds)
+        self.worker_compiles = compiled
         self._built = True
         self.build_seconds = time.perf_counter() - t0
-        log.info("warmgraph: %d graphs for vLLM (sizes %s and a dynamic one up to %d tokens): %d loaded, "
-                 "%d compiled, %.1f s", len(self.builds), self.sizes, self.max_tokens,
-                 self.counters["cache_hits"], self.counters["compiles"], self.build_seconds)
+        log.info("warmgraph: %d graphs for vLLM (sizes %s and a dynamic one up to %d tokens): %d compiled "
+                 "(%d by workers), %d loaded, %.1f s", len(self.builds), self.sizes, self.max_tokens,
+                 self.counters["compiles"], compiled, self.counters["cache_hits"], self.build_seconds)
         _report(self)
 
     def finalize_loading(self, vllm_config: Any) -> None:
@@ -150,6 +176,7 @@ class WarmgraphFunction(SerializableCallable):
             "version": STATE_VERSION,
             "gm": VllmSerializableFunction.serialize_graph_module(fn.graph.gm),
             "slots": fn.graph.slots,
+            "twinned_ops": fn.graph.twinned_ops,
             "factors": fn.graph.factors,
             "sizes": fn.sizes,
             "max_tokens": fn.max_tokens,
@@ -167,10 +194,16 @@ class WarmgraphFunction(SerializableCallable):
         state = pickle.loads(data)
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"warmgraph artifact version {state.get('version')} is not {STATE_VERSION}")
+        restore_twins(state["twinned_ops"])  # the graph calls them: they must exist before it loads
         gm = VllmSerializableFunction.deserialize_graph_module(state["gm"], FakeTensorMode(shape_env=ShapeEnv()))
         slots: list[Slot] = state["slots"]
-        graph = VllmGraph.restore(gm, slots, state["factors"])
+        graph = VllmGraph.restore(gm, slots, state["factors"], state["twinned_ops"])
         return cls(graph, state["sizes"], state["max_tokens"], state["inductor_configs"], state["extra_factors"])
+
+
+def _progress(done: int, total: int, bucket: tuple[int, ...], source: str, seconds: float) -> None:
+    if progress_hook is not None:
+        progress_hook(done, total, bucket, source, seconds)
 
 
 def _report(fn: WarmgraphFunction) -> None:
@@ -181,7 +214,8 @@ def _report(fn: WarmgraphFunction) -> None:
     import json
 
     record = {"pid": os.getpid(), "sizes": fn.sizes, "max_tokens": fn.max_tokens,
-              "build_seconds": round(fn.build_seconds, 3), "counters": dict(fn.counters),
+              "build_seconds": round(fn.build_seconds, 3), "worker_compiles": fn.worker_compiles,
+              "counters": dict(fn.counters),
               "graphs": [{"bucket": list(b.bucket), "source": b.source, "seconds": round(b.seconds, 3)}
                          for b in fn.builds]}
     with open(path, "a") as f:

@@ -4,7 +4,8 @@ In mode 2 (DYNAMO_TRACE_ONCE) vLLM hands its backend ``(gm, example_inputs)`` on
 process: every weight is a graph input (``gm`` holds no parameters), the token count enters as
 one or more SymInt inputs (one per tensor whose first dim Dynamo marked dynamic: ``input_ids``
 and ``positions`` get separate symbols), and the rest are oneDNN handle tensors (0-dim int64,
-process-local values) and strings. ``ExportModule`` wraps ``gm`` so that it takes tensors only:
+process-local values) and vLLM's ``LayerName`` objects, which ``layer_names`` turns into
+strings written into the graph. ``ExportModule`` wraps ``gm`` so that it takes tensors only:
 each SymInt is read back from the dim of the tensor that carries its symbol. That is what
 ``torch.export`` and the AOTInductor runtime need (it passes tensors, nothing else), and it
 makes the static and the dynamic graph take the same arguments.
@@ -24,9 +25,8 @@ from typing import Any
 import torch
 
 from warmgraph.errors import WarmgraphError
-
-LAYERNAME_FIX = ("set VLLM_USE_LAYERNAME=0 for both warmup and serving (WARMGRAPH_VLLM=1 sets it): the "
-                 "AOTInductor runtime cannot pass vLLM's LayerName objects")
+from warmgraph.integrations.vllm.layer_names import is_layer_name
+from warmgraph.integrations.vllm.layer_names import rewrite as rewrite_layer_names
 
 
 @dataclass(frozen=True)
@@ -63,15 +63,12 @@ def _symbol(value: Any) -> str | None:
     return None
 
 
-def _is_layer_name(value: Any) -> bool:
-    return type(value).__name__ == "LayerName"
-
-
 class VllmGraph:
     """Slots, fingerprint factors and example inputs of one vLLM graph (``gm`` is edited in place)."""
 
     def __init__(self, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> None:
         strip_data_attr(gm)
+        self.twinned_ops = rewrite_layer_names(gm, list(example_inputs))
         self.gm = gm
         placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
         if len(placeholders) != len(example_inputs):
@@ -104,8 +101,8 @@ class VllmGraph:
                     raise WarmgraphError(f"vLLM's graph takes a size {meta} that no tensor input carries; "
                                          "warmgraph's backend cannot read it back from a tensor")
                 slots.append(Slot("symint", source=where[name]))
-            elif _is_layer_name(example):
-                raise WarmgraphError(f"vLLM's graph takes LayerName arguments; {LAYERNAME_FIX}")
+            elif is_layer_name(example):  # no longer read by the graph (layer_names.rewrite)
+                slots.append(Slot("constant", value=example.value))
             else:
                 slots.append(Slot("constant", value=example))
         if not any(s.dynamic_dims for s in slots):
@@ -114,10 +111,11 @@ class VllmGraph:
         self.factors = _factors(gm, slots, [m for m in metas if isinstance(m, torch.Tensor)])
 
     @classmethod
-    def restore(cls, gm: torch.fx.GraphModule, slots: list[Slot], factors: dict[str, Any]) -> VllmGraph:
+    def restore(cls, gm: torch.fx.GraphModule, slots: list[Slot], factors: dict[str, Any],
+                twinned_ops: list[str]) -> VllmGraph:
         """A graph rebuilt from a serialized one (its slots and factors as they were computed)."""
         graph = cls.__new__(cls)
-        graph.gm, graph.slots, graph.factors = gm, slots, factors
+        graph.gm, graph.slots, graph.factors, graph.twinned_ops = gm, slots, factors, twinned_ops
         return graph
 
     # -- calls -------------------------------------------------------------------------------

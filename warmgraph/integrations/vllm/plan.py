@@ -2,10 +2,11 @@
 
 vLLM's CPU runner calls the model at each step's real token count, so only an exact count
 reaches a per-size graph; every other count goes to the dynamic graph. Decode steps are the
-hot path and their counts are the batch sizes, so by default the plan is every batch size
-from 1 to ``min(max_num_seqs, 4)`` (1 always: the dynamic graph starts at 2, since export
-specialises sizes 0 and 1). On CUDA the counts are vLLM's cudagraph capture sizes, which it
-pads to. ``WARMGRAPH_VLLM_SIZES=1,2,4,8`` overrides the plan.
+hot path and their counts are the batch sizes. Each size costs a cold start one more
+AOTInductor compile (17-24 s on 2 cores here, about what vLLM's own single dynamic compile
+costs), so by default the plan is batch 1 only, the latency-critical step (and the dynamic
+graph starts at 2, since export specialises sizes 0 and 1). On CUDA the counts are vLLM's
+cudagraph capture sizes, which it pads to. ``WARMGRAPH_VLLM_SIZES=1,2,4,8`` sets the plan.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from warmgraph.errors import WarmgraphError
 
-DEFAULT_DECODE_SIZES = 4
+DEFAULT_DECODE_SIZES = 1
 
 
 def parse_sizes(text: str) -> list[int]:
