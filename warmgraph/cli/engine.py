@@ -152,11 +152,16 @@ _WORKERS = click.option("--workers", type=int, default=None, help="Processes for
 @click.command("warmup")
 @_engine_options
 @_WORKERS
+@click.option("--engine", "engine_name", type=click.Choice(["warmgraph", "vllm"]), default="warmgraph",
+              show_default=True,
+              help="vllm: warm up vLLM instead (warmgraph warmup --engine vllm MODEL [vLLM engine arguments]; "
+                   "see warmgraph warmup --engine vllm --help).")
 def warmup(model_dir: str | None, dtype: str | None, cache_dir: str | None, as_json: bool, workers: int | None,
-           **kw: Any) -> None:
+           engine_name: str, **kw: Any) -> None:
     """Build every prompt and decode graph of a model, loading what the graph cache has.
 
     MODEL_DIR is a local Hugging Face-format Llama directory; without it, --model (default smollm2).
+    With --engine vllm, warm up vLLM's own start instead (its engine arguments follow MODEL).
     """
     _check_workers(workers)
     engine, path = _build(model_dir, dtype, cache_dir, kw, progress=not as_json)

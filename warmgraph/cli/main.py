@@ -34,6 +34,23 @@ class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> tuple[str | None, click.Command | None,
+                                                                             list[str]]:
+        # `warmup --engine vllm` is another command (vLLM's arguments, not the engine options).
+        if args and args[0] == "warmup":
+            rest = args[1:]
+            for i, arg in enumerate(rest):
+                if arg == "--engine" and i + 1 < len(rest) and rest[i + 1] == "vllm":
+                    rest = rest[:i] + rest[i + 2:]
+                elif arg == "--engine=vllm":
+                    rest = rest[:i] + rest[i + 1:]
+                else:
+                    continue
+                from warmgraph.cli.vllm_warmup import vllm_warmup
+
+                return "warmup", vllm_warmup, rest
+        return super().resolve_command(ctx, args)
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in COMMANDS:
             return None

@@ -32,14 +32,14 @@ def backend(gm: Any, example_inputs: Sequence[Any]) -> Any:
     """
     from warmgraph.integrations.vllm.function import WarmgraphFunction, vllm_factors
     from warmgraph.integrations.vllm.graph import VllmGraph
-    from warmgraph.integrations.vllm.plan import plan_sizes
+    from warmgraph.integrations.vllm.plan import dynamic_max, plan_sizes
 
     config = current_config()
     graph = VllmGraph(gm, example_inputs)
     on_cpu = all(a.device.type == "cpu" for a in example_inputs if hasattr(a, "device"))
     inductor = CPU_INDUCTOR_CONFIGS if on_cpu else INDUCTOR_CONFIGS
-    return WarmgraphFunction(graph, plan_sizes(config), config.scheduler_config.max_num_batched_tokens,
-                             inductor, vllm_factors())
+    max_tokens = dynamic_max(config.scheduler_config.max_num_batched_tokens)
+    return WarmgraphFunction(graph, plan_sizes(config), max_tokens, inductor, vllm_factors())
 
 
 def current_config() -> Any:

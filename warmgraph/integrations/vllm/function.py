@@ -97,7 +97,7 @@ class WarmgraphFunction(SerializableCallable):
         if graph is not None:
             self.counters["replays"] += 1
             return graph(*self.graph.tensors(args))
-        if self._dynamic is not None and 2 <= tokens <= self.max_tokens:
+        if self._dynamic is not None and 1 <= tokens <= self.max_tokens:
             self.counters["dynamic_calls"] += 1
             self._log_once(tokens, "warmgraph: %d tokens has no graph of its own; the dynamic graph serves it")
             return self._dynamic(*self.graph.tensors(args))
@@ -131,7 +131,7 @@ class WarmgraphFunction(SerializableCallable):
         static, dynamic = self._builder(False, cache), self._builder(True, cache)
         with torch.inference_mode(False), torch.no_grad():
             jobs = [Job(static, (n,), self.graph.example(args, n)) for n in self.sizes]
-            jobs.append(Job(dynamic, (2, self.max_tokens), self.graph.example(args, self.max_tokens)))
+            jobs.append(Job(dynamic, (1, self.max_tokens), self.graph.example(args, self.max_tokens)))
             done = 0
 
             def on_done(job: Job, source: str, seconds: float) -> None:
@@ -155,7 +155,7 @@ class WarmgraphFunction(SerializableCallable):
         self.worker_compiles = compiled
         self._built = True
         self.build_seconds = time.perf_counter() - t0
-        log.info("warmgraph: %d graphs for vLLM (sizes %s and a dynamic one up to %d tokens): %d compiled "
+        log.info("warmgraph: %d graphs for vLLM (sizes %s, and a dynamic one for 1-%d tokens): %d compiled "
                  "(%d by workers), %d loaded, %.1f s", len(self.builds), self.sizes, self.max_tokens,
                  self.counters["compiles"], compiled, self.counters["cache_hits"], self.build_seconds)
         _report(self)
@@ -204,19 +204,25 @@ class WarmgraphFunction(SerializableCallable):
 def _progress(done: int, total: int, bucket: tuple[int, ...], source: str, seconds: float) -> None:
     if progress_hook is not None:
         progress_hook(done, total, bucket, source, seconds)
+    _emit({"event": "graph", "done": done, "total": total, "bucket": list(bucket), "source": source,
+           "seconds": round(seconds, 3)})
 
 
 def _report(fn: WarmgraphFunction) -> None:
-    """Append one JSON line to ``$WARMGRAPH_VLLM_REPORT`` when it is set (for scripts and tests)."""
+    _emit({"event": "build", "sizes": fn.sizes, "max_tokens": fn.max_tokens,
+           "build_seconds": round(fn.build_seconds, 3), "worker_compiles": fn.worker_compiles,
+           "counters": dict(fn.counters),
+           "graphs": [{"bucket": list(b.bucket), "source": b.source, "seconds": round(b.seconds, 3),
+                       "bytes": b.graph_bytes} for b in fn.builds]})
+
+
+def _emit(record: dict[str, Any]) -> None:
+    """Append one JSON line to ``$WARMGRAPH_VLLM_REPORT`` when it is set: vLLM runs the model in
+    another process, and this is how the warmup driver (and scripts) follow it."""
     path = os.environ.get("WARMGRAPH_VLLM_REPORT")
     if not path:
         return
     import json
 
-    record = {"pid": os.getpid(), "sizes": fn.sizes, "max_tokens": fn.max_tokens,
-              "build_seconds": round(fn.build_seconds, 3), "worker_compiles": fn.worker_compiles,
-              "counters": dict(fn.counters),
-              "graphs": [{"bucket": list(b.bucket), "source": b.source, "seconds": round(b.seconds, 3)}
-                         for b in fn.builds]}
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    with open(path, "a") as f:  # one short write per line: appends from several processes stay whole
+        f.write(json.dumps({"pid": os.getpid(), **record}) + "\n")

@@ -172,7 +172,8 @@ class ExportModule(torch.nn.Module):
         self.export_dynamic_shapes = None
         if dynamic:
             # One Dim for every token-count dim: they are the same number in every call vLLM makes.
-            tokens = torch.export.Dim("tokens", min=2, max=max(max_tokens, 3))
+            # From 1: vLLM's graph does not branch on a one-token batch, so export keeps it symbolic.
+            tokens = torch.export.Dim("tokens", min=1, max=max(max_tokens, 3))
             # forward takes *tensors: export sees one argument, the tuple of them
             self.export_dynamic_shapes = (tuple(
                 {d: tokens for d in s.dynamic_dims} or None for s in graph.slots if s.kind == "tensor"),)

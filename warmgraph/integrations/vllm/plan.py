@@ -3,10 +3,10 @@
 vLLM's CPU runner calls the model at each step's real token count, so only an exact count
 reaches a per-size graph; every other count goes to the dynamic graph. Decode steps are the
 hot path and their counts are the batch sizes. Each size costs a cold start one more
-AOTInductor compile (17-24 s on 2 cores here, about what vLLM's own single dynamic compile
-costs), so by default the plan is batch 1 only, the latency-critical step (and the dynamic
-graph starts at 2, since export specialises sizes 0 and 1). On CUDA the counts are vLLM's
-cudagraph capture sizes, which it pads to. ``WARMGRAPH_VLLM_SIZES=1,2,4,8`` sets the plan.
+AOTInductor compile (17-24 s for a small model on 2 cores here, about what vLLM's own single
+dynamic compile costs), and the dynamic graph serves every count from 1 up, so on CPU the
+plan is empty by default: one graph, compiled once. On CUDA the counts are vLLM's cudagraph
+capture sizes, which it pads to. ``WARMGRAPH_VLLM_SIZES=1,2,4,8`` sets the plan.
 """
 
 from __future__ import annotations
@@ -16,7 +16,15 @@ from typing import Any
 
 from warmgraph.errors import WarmgraphError
 
-DEFAULT_DECODE_SIZES = 1
+# The dynamic graph's upper bound: at least this many tokens, whatever max_num_batched_tokens is,
+# so that configurations differing only there (vLLM's LLM class defaults to 8192 on CPU, its
+# server to 2048) share one dynamic graph.
+DYNAMIC_MAX_TOKENS = 16384
+
+
+def dynamic_max(max_num_batched_tokens: int) -> int:
+    """The dynamic graph's largest token count for a vLLM config's ``max_num_batched_tokens``."""
+    return max(int(max_num_batched_tokens), DYNAMIC_MAX_TOKENS)
 
 
 def parse_sizes(text: str) -> list[int]:
@@ -32,13 +40,11 @@ def parse_sizes(text: str) -> list[int]:
 
 
 def plan_sizes(vllm_config: Any, env: dict[str, str] | None = None) -> list[int]:
-    """The token counts to build a graph for (see the module docstring); always includes 1."""
+    """The token counts to build a graph of their own for (see the module docstring)."""
     env = os.environ if env is None else env
     max_tokens = vllm_config.scheduler_config.max_num_batched_tokens
     if env.get("WARMGRAPH_VLLM_SIZES"):
         sizes = parse_sizes(env["WARMGRAPH_VLLM_SIZES"])
-    elif vllm_config.compilation_config.cudagraph_capture_sizes:
-        sizes = list(vllm_config.compilation_config.cudagraph_capture_sizes)
     else:
-        sizes = list(range(1, min(vllm_config.scheduler_config.max_num_seqs, DEFAULT_DECODE_SIZES) + 1))
-    return sorted({1, *(s for s in sizes if s <= max_tokens)})
+        sizes = list(vllm_config.compilation_config.cudagraph_capture_sizes or [])
+    return sorted({s for s in sizes if s <= max_tokens})

@@ -4,15 +4,16 @@ AOTInductor compiles one graph on one core, and a cold start has several to comp
 sizes and the dynamic graph). The workers are forked from the process vLLM is compiling in, so
 they already hold vLLM's graph, its custom ops and the example tensors: a fresh interpreter
 would spend 13-16 s importing vLLM first (measured here). Each worker builds one graph through
-the same ``GraphBuilder`` (per-key lock, look again, compile, store) and exits; the parent then
-loads every graph from the cache. A worker that fails costs nothing but time: the parent
-compiles whatever is still missing itself.
+the same ``GraphBuilder`` (per-key lock, look again, compile, store), reports each graph on a
+pipe and exits; the parent then loads every graph from the cache. A worker that fails costs
+nothing but time: the parent compiles whatever is still missing itself.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
-import multiprocessing
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,11 +33,13 @@ class Job:
     example: Sequence[Any]
 
 
-_JOBS: list[Job] = []  # read by forked workers (inherited memory, never pickled)
+def _all_cores() -> int:
+    return os.cpu_count() or 1
 
 
 def default_workers(env: dict[str, str] | None = None) -> int:
-    """``$WARMGRAPH_VLLM_WORKERS``, else the cores this process may use."""
+    """``$WARMGRAPH_VLLM_WORKERS``, else the machine's cores: not this process's affinity, since
+    vLLM's CPU worker binds itself to its serving cores (one core on a 2-core machine)."""
     env = os.environ if env is None else env
     text = env.get("WARMGRAPH_VLLM_WORKERS", "").strip()
     if text:
@@ -45,13 +48,28 @@ def default_workers(env: dict[str, str] | None = None) -> int:
 
             raise WarmgraphError(f"WARMGRAPH_VLLM_WORKERS={text!r} is not a count; use a positive integer, e.g. 2")
         return int(text)
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return _all_cores()
 
 
-def _run(index: int) -> tuple[int, str, float]:
-    job = _JOBS[index]
-    result = job.builder.build(job.bucket, job.example)
-    return index, result.source, result.seconds
+def _child(jobs: list[Job], write_fd: int) -> None:
+    """A forked worker: build ``jobs`` one after another, report each on the pipe, never return."""
+    code = 1
+    try:
+        if hasattr(os, "sched_setaffinity"):
+            # A fork keeps the parent's binding (vLLM's worker pins itself to its serving cores): a
+            # compile worker may use every core, else all workers would share the parent's one.
+            with contextlib.suppress(OSError):  # a cpuset that does not allow it: keep the inherited cores
+                os.sched_setaffinity(0, range(_all_cores()))
+        with os.fdopen(write_fd, "w") as pipe:
+            for job in jobs:
+                result = job.builder.build(job.bucket, job.example)
+                pipe.write(json.dumps([list(job.bucket), result.source, result.seconds]) + "\n")
+                pipe.flush()
+        code = 0
+    except BaseException:  # a worker never unwinds into its parent's code (it is a copy of vLLM)
+        log.exception("warmgraph: a compile worker failed")
+    finally:
+        os._exit(code)
 
 
 def compile_missing(jobs: Sequence[Job], workers: int,
@@ -59,23 +77,33 @@ def compile_missing(jobs: Sequence[Job], workers: int,
     """Build the jobs whose graphs the cache lacks in up to ``workers`` forked processes.
 
     Returns how many graphs the workers compiled. Does nothing (returns 0) when fewer than two
-    are missing, when one worker is asked for, or where ``fork`` is not available: the caller's
-    own builds then compile them one after another.
+    are missing, when one worker is asked for, or where there is no ``fork``: the caller's own
+    builds then compile them one after another. Plain ``os.fork``, not ``multiprocessing``:
+    vLLM runs the model in a daemonic process, which multiprocessing forbids to have children.
     """
     missing = [job for job in jobs if not job.builder.cached(job.bucket, job.example)]
     workers = min(workers, len(missing))
-    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+    if workers < 2 or not hasattr(os, "fork"):
         return 0
-    _JOBS[:] = missing
+    by_bucket = {tuple(job.bucket): job for job in missing}
+    children = []
+    for w in range(workers):
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            _child(missing[w::workers], write_fd)
+        os.close(write_fd)
+        children.append((pid, read_fd))
     compiled = 0
-    try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            for index, source, seconds in pool.imap_unordered(_run, range(len(missing))):
+    for pid, read_fd in children:
+        with os.fdopen(read_fd) as pipe:
+            for line in pipe:
+                bucket, source, seconds = json.loads(line)
                 compiled += source == "compiled"
                 if on_done is not None:
-                    on_done(missing[index], source, seconds)
-    except Exception as exc:  # a worker that dies leaves complete entries or none: build the rest here
-        log.warning("warmgraph: parallel compile stopped (%s); compiling the rest in this process", exc)
-    finally:
-        _JOBS.clear()
+                    on_done(by_bucket[tuple(bucket)], source, seconds)
+        _, status = os.waitpid(pid, 0)
+        if status != 0:  # what it finished is in the cache; the caller compiles the rest
+            log.warning("warmgraph: a compile worker exited with status %d; compiling what it left here", status)
     return compiled

