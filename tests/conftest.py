@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
+
+
+def _has_vllm() -> bool:
+    spec = importlib.util.find_spec("vllm")
+    return spec is not None and spec.origin is not None  # no origin: this tests/vllm folder, not vLLM
+
+
+# tests/vllm needs a real vLLM: `make test-vllm` runs it in .venv-vllm (`make test` runs both).
+collect_ignore = [] if _has_vllm() else ["vllm"]
 
 WORKLOADS = Path(__file__).resolve().parents[1].parent / "shared" / "workloads"
 

@@ -14,6 +14,7 @@ generate it once.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -112,29 +113,39 @@ def build_tokenizer(vocab_size: int = TINY_CONFIG.vocab_size) -> Tokenizer:
     return tokenizer
 
 
-def build_tiny_model() -> tuple[LlamaForCausalLM, Tokenizer, LlamaConfig]:
-    """The default model in memory (float32, eval mode). Leaves the global torch RNG untouched."""
+# The same model shape for vLLM, whose CPU attention needs a head size of 32 or more: 4 heads of
+# 32 (2 KV heads), 2 layers. Used by the vLLM tests and benchmark (``ensure_tiny_model(vllm=True)``).
+VLLM_TINY_NAME = "warmgraph-tiny-llama-h32-v1"
+VLLM_TINY_CONFIG = dataclasses.replace(TINY_CONFIG, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                       head_dim=32)
+
+
+def build_tiny_model(config: LlamaConfig = TINY_CONFIG) -> tuple[LlamaForCausalLM, Tokenizer, LlamaConfig]:
+    """The tiny model in memory (float32, eval mode). Leaves the global torch RNG untouched."""
     tokenizer = build_tokenizer()
-    if tokenizer.get_vocab_size() > TINY_CONFIG.vocab_size:
+    if tokenizer.get_vocab_size() > config.vocab_size:
         raise AssertionError("tokenizer outgrew the model vocabulary")
-    state = random_state_dict(TINY_CONFIG, torch.Generator().manual_seed(SEED), INIT_STD)
-    model = LlamaForCausalLM.from_state_dict(TINY_CONFIG, state).eval().requires_grad_(False)
-    return model, tokenizer, TINY_CONFIG
+    state = random_state_dict(config, torch.Generator().manual_seed(SEED), INIT_STD)
+    model = LlamaForCausalLM.from_state_dict(config, state).eval().requires_grad_(False)
+    return model, tokenizer, config
 
 
-def tiny_model_dir(root: Path | None = None) -> Path:
-    """``<root>/models/warmgraph-tiny-llama-v1``; ``root`` defaults to the graph cache root."""
-    return (Path(root).expanduser() if root is not None else default_root()) / "models" / MODEL_NAME
+def tiny_model_dir(root: Path | None = None, vllm: bool = False) -> Path:
+    """``<root>/models/warmgraph-tiny-llama-v1`` (``-h32-v1`` for vLLM); ``root`` defaults to the
+    graph cache root."""
+    name = VLLM_TINY_NAME if vllm else MODEL_NAME
+    return (Path(root).expanduser() if root is not None else default_root()) / "models" / name
 
 
-def ensure_tiny_model(root: Path | None = None) -> Path:
-    """The tiny model's checkpoint directory, generated on first use; returns its path.
+def ensure_tiny_model(root: Path | None = None, vllm: bool = False) -> Path:
+    """The tiny model's checkpoint directory (the vLLM variant when ``vllm``), generated on first
+    use; returns its path.
 
     Safe against crashes and concurrent callers (``atomic.build_once``). Raises WarmgraphError
     naming the path if it cannot be written.
     """
     def build(tmp: Path) -> None:
-        model, tokenizer, config = build_tiny_model()
+        model, tokenizer, config = build_tiny_model(VLLM_TINY_CONFIG if vllm else TINY_CONFIG)
         save_checkpoint(model, tokenizer, config, tmp)
 
-    return build_once(tiny_model_dir(root), build)
+    return build_once(tiny_model_dir(root, vllm), build)

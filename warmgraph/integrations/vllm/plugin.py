@@ -1,7 +1,8 @@
 """vLLM general plugin: ``WARMGRAPH_VLLM=1`` makes warmgraph vLLM's compile backend, no flags needed.
 
 Registered as the ``vllm.general_plugins`` entry point ``warmgraph``; vLLM loads it in every
-process (front end, engine core, workers), several times: ``register`` is idempotent.
+process (front end, engine core, workers), several times: ``register`` is idempotent. Whatever
+``WARMGRAPH_VLLM`` says, it refuses warmgraph's backend in mode 1 on CPU (``check_mode``).
 
 With ``WARMGRAPH_VLLM=1`` it wraps the current platform's ``check_and_update_config`` (the hook
 where platforms adjust the config) so that after it, a mode-2 config with vLLM's default
@@ -39,9 +40,8 @@ def enabled(env: dict[str, str] | None = None) -> bool:
 
 
 def register() -> None:
-    """The entry point vLLM calls; does nothing unless ``WARMGRAPH_VLLM=1``."""
-    if not enabled():
-        return
+    """The entry point vLLM calls: wraps the platform's config hook (see the module docstring)."""
+    enabled()  # a value it cannot mean is an error in every process, not only when compiling
     from vllm.platforms import current_platform
 
     platform = type(current_platform)
@@ -51,10 +51,25 @@ def register() -> None:
 
     def check_and_update_config(cls: type, vllm_config: Any) -> None:
         original.__func__(cls, vllm_config)
-        use_backend(vllm_config.compilation_config)
+        check_mode(vllm_config.compilation_config, current_platform.is_cpu())
+        if enabled():
+            use_backend(vllm_config.compilation_config)
 
     check_and_update_config._warmgraph = True  # type: ignore[attr-defined]
     platform.check_and_update_config = classmethod(check_and_update_config)  # type: ignore[method-assign]
+
+
+def check_mode(compilation_config: Any, on_cpu: bool) -> None:
+    """Refuse warmgraph's backend in mode 1 on CPU: vLLM's CPU runner never calls a mode-1 backend,
+    so the model would run eagerly without a word."""
+    from vllm.config import CompilationMode
+
+    from warmgraph.integrations.vllm import BACKEND
+
+    mode_1 = compilation_config.mode == CompilationMode.STOCK_TORCH_COMPILE
+    if on_cpu and mode_1 and compilation_config.backend == BACKEND:
+        raise WarmgraphError("compilation mode 1 never calls a compile backend on vLLM's CPU runner, so the model "
+                             f"would run eagerly; use mode 2: compilation_config={{'mode': 2, 'backend': '{BACKEND}'}}")
 
 
 def use_backend(compilation_config: Any) -> bool:

@@ -37,7 +37,8 @@ def require_vllm() -> None:
     """WarmgraphError with the install line when vLLM cannot be imported (checked without importing it)."""
     import importlib.util
 
-    if importlib.util.find_spec("vllm") is None:
+    spec = importlib.util.find_spec("vllm")
+    if spec is None or spec.origin is None:  # no origin: a namespace package (a folder named vllm), not vLLM
         raise WarmgraphError(f"vLLM is not installed in this Python; {INSTALL_HINT}")
 
 

@@ -1,0 +1,73 @@
+"""warmgraph's backend inside a real vLLM (mode 2): output, counters, warm starts, faults."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from vllm_helpers import BACKEND, MODE2, run_llm, vllm_env
+
+
+def _packages(caches: Path) -> list[Path]:
+    return sorted((caches / "warmgraph" / "entries").glob("*/graph.pt2"))
+
+
+def test_cold_then_warm_equals_vllm_eager(tiny_vllm_model: Path, eager_tokens: list[list[int]],
+                                          tmp_path: Path) -> None:
+    env = vllm_env(tmp_path, WARMGRAPH_VLLM_SIZES="1,2")
+    cold, _ = run_llm(tiny_vllm_model, env, MODE2)
+    assert cold["tokens"] == eager_tokens
+    counters = cold["counters"]
+    # sizes 1 and 2 and the dynamic graph: compiled (by forked workers), then loaded here
+    assert cold["buckets"] == [[1], [2], [1, 16384]]
+    assert counters["compiles"] == 3 and counters["cache_writes"] == 3 and counters["cache_hits"] == 3
+    assert counters["replays"] >= MAX_DECODE_STEPS  # the two prompts decode together: size 2
+    assert counters["dynamic_calls"] >= 2  # the profile run and the prefill
+    assert counters["eager_fallbacks"] == 0
+    assert len(_packages(tmp_path)) == 3
+
+    warm, log = run_llm(tiny_vllm_model, env, MODE2)
+    assert warm["tokens"] == eager_tokens
+    assert warm["counters"]["compiles"] == 0 and warm["counters"]["cache_hits"] == 3
+    assert warm["sources"] == ["loaded"] * 3
+    assert "Directly load AOT compilation" in log  # vLLM's own artifact loaded: Dynamo did not run
+    assert "load failure" not in log
+
+    listing = subprocess.run([sys.executable, "-m", "warmgraph", "cache", "ls", "--vllm", "--vllm-root",
+                              str(tmp_path / "vllm"), "--json"], capture_output=True, text=True, check=True)
+    kinds = [e["kind"] for e in json.loads(listing.stdout)["entries"]]
+    assert kinds == ["aot"]
+
+
+MAX_DECODE_STEPS = 6  # 8 tokens each: the first comes from the prefill, the last step may be shared
+
+
+def test_without_vllm_aot_and_a_damaged_package(tiny_vllm_model: Path, eager_tokens: list[list[int]],
+                                                tmp_path: Path) -> None:
+    env = vllm_env(tmp_path, VLLM_USE_AOT_COMPILE="0")
+    cold, _ = run_llm(tiny_vllm_model, env, MODE2)
+    assert cold["tokens"] == eager_tokens
+    assert cold["buckets"] == [[1, 16384]] and cold["counters"]["compiles"] == 1  # default plan: one graph
+    assert cold["counters"]["dynamic_calls"] > MAX_DECODE_STEPS  # it serves every count, decode included
+
+    warm, log = run_llm(tiny_vllm_model, env, MODE2)
+    assert warm["tokens"] == eager_tokens
+    assert warm["counters"]["compiles"] == 0 and warm["counters"]["cache_hits"] == 1
+    assert "Directly load AOT compilation" not in log  # AOT off: Dynamo traced again, our graph loaded
+
+    (package,) = _packages(tmp_path)
+    data = bytearray(package.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    package.write_bytes(bytes(data))
+    healed, _ = run_llm(tiny_vllm_model, env, MODE2)
+    assert healed["tokens"] == eager_tokens
+    assert healed["counters"]["compiles"] == 1 and healed["counters"]["cache_hits"] == 0
+
+
+def test_mode_1_is_refused_not_run_eagerly(tiny_vllm_model: Path, tmp_path: Path) -> None:
+    out, log = run_llm(tiny_vllm_model, vllm_env(tmp_path), {"mode": 1, "backend": BACKEND}, check=False)
+    assert out is None
+    assert "compilation mode 1 never calls a compile backend on vLLM's CPU runner" in log
+    assert "'mode': 2" in log
