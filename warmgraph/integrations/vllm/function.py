@@ -132,12 +132,11 @@ class WarmgraphFunction(SerializableCallable):
         with torch.inference_mode(False), torch.no_grad():
             jobs = [Job(static, (n,), self.graph.example(args, n)) for n in self.sizes]
             jobs.append(Job(dynamic, (1, self.max_tokens), self.graph.example(args, self.max_tokens)))
-            done = 0
+            reported: set[tuple[int, ...]] = set()
 
             def on_done(job: Job, source: str, seconds: float) -> None:
-                nonlocal done
-                done += 1
-                _progress(done, len(jobs), job.bucket, source, seconds)
+                reported.add(job.bucket)
+                _progress(len(reported), len(jobs), job.bucket, source, seconds)
 
             compiled = compile_missing(jobs, default_workers(), on_done)
             for counter in ("compiles", "cache_misses", "cache_writes"):
@@ -149,9 +148,8 @@ class WarmgraphFunction(SerializableCallable):
                     self._graphs[job.bucket[0]] = result.graph
                 else:
                     self._dynamic = result.graph
-                if not compiled:
-                    done += 1
-                    _progress(done, len(jobs), job.bucket, result.source, result.seconds)
+                if job.bucket not in reported:  # (the workers reported theirs as they finished)
+                    on_done(job, result.source, result.seconds)
         self.worker_compiles = compiled
         self._built = True
         self.build_seconds = time.perf_counter() - t0

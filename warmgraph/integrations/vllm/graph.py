@@ -146,8 +146,8 @@ class VllmGraph:
             out.append(t)
         return out
 
-    def module(self, dynamic: bool, max_tokens: int) -> ExportModule:
-        return ExportModule(self, dynamic, max_tokens)
+    def module(self, dynamic: bool, max_tokens: int, min_tokens: int = 1) -> ExportModule:
+        return ExportModule(self, dynamic, max_tokens, min_tokens)
 
 
 def _factors(gm: torch.fx.GraphModule, slots: list[Slot], metas: list[torch.Tensor]) -> dict[str, Any]:
@@ -165,7 +165,7 @@ def _factors(gm: torch.fx.GraphModule, slots: list[Slot], metas: list[torch.Tens
 class ExportModule(torch.nn.Module):
     """``gm`` taking tensors only; ``export_dynamic_shapes`` marks the token dims when ``dynamic``."""
 
-    def __init__(self, graph: VllmGraph, dynamic: bool, max_tokens: int) -> None:
+    def __init__(self, graph: VllmGraph, dynamic: bool, max_tokens: int, min_tokens: int = 1) -> None:
         super().__init__()
         self.gm = graph.gm
         self._slots = graph.slots
@@ -173,7 +173,7 @@ class ExportModule(torch.nn.Module):
         if dynamic:
             # One Dim for every token-count dim: they are the same number in every call vLLM makes.
             # From 1: vLLM's graph does not branch on a one-token batch, so export keeps it symbolic.
-            tokens = torch.export.Dim("tokens", min=1, max=max(max_tokens, 3))
+            tokens = torch.export.Dim("tokens", min=min_tokens, max=max(max_tokens, min_tokens + 1))
             # forward takes *tensors: export sees one argument, the tuple of them
             self.export_dynamic_shapes = (tuple(
                 {d: tokens for d in s.dynamic_dims} or None for s in graph.slots if s.kind == "tensor"),)

@@ -102,7 +102,7 @@ def warmup(model: str, vllm_args: Sequence[str] = (), *, target: str = "serve", 
                 for out in engine.step():
                     if out.finished:
                         tokens, text = list(out.outputs[0].token_ids), out.outputs[0].text
-            artifact = engine.vllm_config.compilation_config.local_cache_dir or None
+            artifact = _newest_aot_artifact()
             del engine  # shuts vLLM's processes down
         finally:
             follower.stop()
@@ -125,6 +125,16 @@ def warmup(model: str, vllm_args: Sequence[str] = (), *, target: str = "serve", 
         "counters": counters, "prompt": prompt, "token_ids": tokens, "text": text,
         "vllm_aot_dir": artifact, "cache": os.environ.get("WARMGRAPH_CACHE_DIR") or _default_root(),
     }
+
+
+def _newest_aot_artifact() -> str | None:
+    """vLLM's AOT artifact directory this start wrote or loaded: the newest under its cache root
+    (vLLM sets the path in its worker process, where this one cannot read it)."""
+    from vllm import envs
+
+    models = Path(envs.VLLM_CACHE_ROOT, "torch_compile_cache", "torch_aot_compile").glob("*/rank_*/model")
+    newest = max(models, key=lambda p: p.stat().st_mtime, default=None)
+    return str(newest.parent.parent) if newest is not None else None
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
