@@ -167,9 +167,10 @@ class WarmgraphFunction(SerializableCallable):
     def serialize_compile_artifacts(cls, fn: WarmgraphFunction) -> bytes:
         from vllm.compilation.caching import VllmSerializableFunction
 
-        for node in fn.graph.gm.graph.nodes:  # module stacks hold unpicklable objects; unneeded here
-            node.meta.pop("source_fn_stack", None)
-            node.meta.pop("nn_module_stack", None)
+        for node in fn.graph.gm.graph.nodes:
+            # Nothing reads the metadata again (export re-traces the graph, the slots and factors
+            # are kept apart), and with it a 30-layer graph took seconds more to pickle and load.
+            node.meta.clear()
         state = {
             "version": STATE_VERSION,
             "gm": VllmSerializableFunction.serialize_graph_module(fn.graph.gm),
@@ -189,6 +190,7 @@ class WarmgraphFunction(SerializableCallable):
         from torch.fx.experimental.symbolic_shapes import ShapeEnv
         from vllm.compilation.caching import VllmSerializableFunction
 
+        t0 = time.perf_counter()
         state = pickle.loads(data)
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"warmgraph artifact version {state.get('version')} is not {STATE_VERSION}")
@@ -196,7 +198,10 @@ class WarmgraphFunction(SerializableCallable):
         gm = VllmSerializableFunction.deserialize_graph_module(state["gm"], FakeTensorMode(shape_env=ShapeEnv()))
         slots: list[Slot] = state["slots"]
         graph = VllmGraph.restore(gm, slots, state["factors"], state["twinned_ops"])
-        return cls(graph, state["sizes"], state["max_tokens"], state["inductor_configs"], state["extra_factors"])
+        fn = cls(graph, state["sizes"], state["max_tokens"], state["inductor_configs"], state["extra_factors"])
+        log.info("warmgraph: vLLM's graph (%d nodes) restored from its artifact in %.2f s", len(gm.graph.nodes),
+                 time.perf_counter() - t0)
+        return fn
 
 
 def _progress(done: int, total: int, bucket: tuple[int, ...], source: str, seconds: float) -> None:
