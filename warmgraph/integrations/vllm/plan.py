@@ -27,14 +27,14 @@ def dynamic_max(max_num_batched_tokens: int) -> int:
     return max(int(max_num_batched_tokens), DYNAMIC_MAX_TOKENS)
 
 
-def parse_sizes(text: str) -> list[int]:
-    """``"1,2,4"`` -> ``[1, 2, 4]``; WarmgraphError naming the fix for anything else."""
+def parse_sizes(text: str, source: str = "WARMGRAPH_VLLM_SIZES") -> list[int]:
+    """``"1,2,4"`` -> ``[1, 2, 4]``; WarmgraphError naming ``source`` and the fix for anything else."""
     try:
         sizes = sorted({int(part) for part in text.replace(" ", "").split(",") if part})
     except ValueError:
         sizes = []
     if not sizes or sizes[0] < 1:
-        raise WarmgraphError(f"WARMGRAPH_VLLM_SIZES={text!r} is not a list of token counts; "
+        raise WarmgraphError(f"{source}={text!r} is not a list of token counts; "
                              "use positive integers separated by commas, e.g. 1,2,4,8")
     return sizes
 

@@ -18,6 +18,7 @@ stdout to the caller.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -42,6 +43,14 @@ def require_vllm() -> None:
         raise WarmgraphError(f"vLLM is not installed in this Python; {INSTALL_HINT}")
 
 
+def check_model(model: str) -> None:
+    """WarmgraphError for a MODEL that cannot be one: an option, or a path that is not a directory."""
+    if model.startswith("-"):
+        raise WarmgraphError(f"MODEL comes first, then vLLM's arguments: got {model!r} where MODEL goes")
+    if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
+        raise WarmgraphError(f"{model} is not a model directory; give a local Hugging Face directory or a model id")
+
+
 def _prepare_environment(workers: int | None, sizes: str | None, cache_dir: str | None) -> None:
     """Set what the engine reads at import: must run before vLLM is imported."""
     os.environ["WARMGRAPH_VLLM"] = "1"
@@ -59,7 +68,14 @@ def engine_args(model: str, vllm_args: Sequence[str]) -> Any:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    parser = AsyncEngineArgs.add_cli_args(FlexibleArgumentParser(prog="warmgraph warmup --engine vllm MODEL"))
+    check_model(model)
+
+    class Parser(FlexibleArgumentParser):
+        def error(self, message: str) -> None:  # argparse would print its whole usage and exit
+            raise WarmgraphError(f"vLLM's engine arguments: {message} (the server's own options, such as --port, "
+                                 "do not belong here; see vllm serve --help)")
+
+    parser = AsyncEngineArgs.add_cli_args(Parser(prog="warmgraph warmup --engine vllm MODEL"))
     namespace = parser.parse_args(["--model", model, *vllm_args])
     return AsyncEngineArgs.from_cli_args(namespace)
 
@@ -85,7 +101,7 @@ def warmup(model: str, vllm_args: Sequence[str] = (), *, target: str = "serve", 
 
     args = engine_args(model, vllm_args)
     context = UsageContext.OPENAI_API_SERVER if target == "serve" else UsageContext.LLM_CLASS
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time() - 1
     with tempfile.TemporaryDirectory(prefix="warmgraph-vllm-") as tmp:
         report = Path(tmp) / "report.jsonl"
         previous = os.environ.get("WARMGRAPH_VLLM_REPORT")
@@ -102,7 +118,7 @@ def warmup(model: str, vllm_args: Sequence[str] = (), *, target: str = "serve", 
                 for out in engine.step():
                     if out.finished:
                         tokens, text = list(out.outputs[0].token_ids), out.outputs[0].text
-            artifact = _newest_aot_artifact()
+            artifact = _newest_aot_artifact(started)
             del engine  # shuts vLLM's processes down
         finally:
             follower.stop()
@@ -123,17 +139,20 @@ def warmup(model: str, vllm_args: Sequence[str] = (), *, target: str = "serve", 
         "worker_compiles": build["worker_compiles"], "build_seconds": build["build_seconds"],
         "engine_init_seconds": round(init_seconds, 3), "seconds": round(time.perf_counter() - t0, 3),
         "counters": counters, "prompt": prompt, "token_ids": tokens, "text": text,
-        "vllm_aot_dir": artifact, "cache": os.environ.get("WARMGRAPH_CACHE_DIR") or _default_root(),
+        "vllm_aot_dir": artifact, "vllm_aot_written": artifact is not None,
+        "cache": os.environ.get("WARMGRAPH_CACHE_DIR") or _default_root(),
     }
 
 
-def _newest_aot_artifact() -> str | None:
-    """vLLM's AOT artifact directory this start wrote or loaded: the newest under its cache root
-    (vLLM sets the path in its worker process, where this one cannot read it)."""
+def _newest_aot_artifact(since: float) -> str | None:
+    """vLLM's AOT artifact directory this start wrote (modified after ``since``, a ``time.time()``),
+    or None when it wrote none (it loaded one, or AOT is off). vLLM sets the path in its worker
+    process, where this one cannot read it."""
     from vllm import envs
 
     models = Path(envs.VLLM_CACHE_ROOT, "torch_compile_cache", "torch_aot_compile").glob("*/rank_*/model")
-    newest = max(models, key=lambda p: p.stat().st_mtime, default=None)
+    fresh = [p for p in models if p.stat().st_mtime >= since]
+    newest = max(fresh, key=lambda p: p.stat().st_mtime, default=None)
     return str(newest.parent.parent) if newest is not None else None
 
 
@@ -142,10 +161,8 @@ def _records(path: Path) -> list[dict[str, Any]]:
         return []
     out = []
     for line in path.read_text().splitlines():
-        try:
+        with contextlib.suppress(ValueError):  # a line being written right now
             out.append(json.loads(line))
-        except ValueError:  # a line being written right now
-            break
     return out
 
 
@@ -159,10 +176,12 @@ class _Follower(threading.Thread):
         self._seen = 0
 
     def run(self) -> None:
+        """Poll every half second until stopped."""
         while not self._halt.wait(0.5):
             self.poll()
 
     def poll(self) -> None:
+        """Report the graphs recorded since the last poll."""
         records = [r for r in _records(self.path) if r.get("event") == "graph"]
         for r in records[self._seen:]:
             if self.on_graph is not None:
@@ -170,6 +189,7 @@ class _Follower(threading.Thread):
         self._seen = len(records)
 
     def stop(self) -> None:
+        """Stop polling, after a last poll."""
         self._halt.set()
         self.join()
         self.poll()

@@ -5,8 +5,9 @@ sizes and the dynamic graph). The workers are forked from the process vLLM is co
 they already hold vLLM's graph, its custom ops and the example tensors: a fresh interpreter
 would spend 13-16 s importing vLLM first (measured here). Each worker builds one graph through
 the same ``GraphBuilder`` (per-key lock, look again, compile, store), reports each graph on a
-pipe and exits; the parent then loads every graph from the cache. A worker that fails costs
-nothing but time: the parent compiles whatever is still missing itself.
+pipe and exits; the parent then loads every graph from the cache. A worker that fails leaves
+complete cache entries or none (the cache writes atomically), and the parent compiles whatever
+is still missing itself; if the parent fails, it kills its workers first.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -96,14 +98,26 @@ def compile_missing(jobs: Sequence[Job], workers: int,
         os.close(write_fd)
         children.append((pid, read_fd))
     compiled = 0
-    for pid, read_fd in children:
-        with os.fdopen(read_fd) as pipe:
-            for line in pipe:
-                bucket, source, seconds = json.loads(line)
-                compiled += source == "compiled"
-                if on_done is not None:
-                    on_done(by_bucket[tuple(bucket)], source, seconds)
-        _, status = os.waitpid(pid, 0)
-        if status != 0:  # what it finished is in the cache; the caller compiles the rest
-            log.warning("warmgraph: a compile worker exited with status %d; compiling what it left here", status)
+    running = {pid for pid, _ in children}
+    unread = {fd for _, fd in children}
+    try:
+        for pid, read_fd in children:
+            unread.discard(read_fd)
+            with os.fdopen(read_fd) as pipe:
+                for line in pipe:
+                    bucket, source, seconds = json.loads(line)
+                    compiled += source == "compiled"
+                    if on_done is not None:
+                        on_done(by_bucket[tuple(bucket)], source, seconds)
+            code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+            running.discard(pid)
+            if code != 0:  # what it finished is in the cache; the caller compiles the rest
+                log.warning("warmgraph: a compile worker exited with code %d; compiling what it left here", code)
+    finally:  # on any error here (or Ctrl-C) no worker is left compiling, or unwaited
+        for pid in running:
+            with contextlib.suppress(ChildProcessError, ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+        for read_fd in unread:
+            os.close(read_fd)
     return compiled
