@@ -1,106 +1,41 @@
 """``warmgraph cache ls|show|prune --vllm``: a view of vLLM's own torch.compile cache, without vLLM.
 
-The synthetic caches below are laid out as vLLM 0.32.0 writes them (file names, JSON keys and
-the pprint'ed ``vllm_compile_cache.py`` are taken from ``vllm/compilation/backends.py``,
-``decorators.py`` and ``compiler_interface.py``): every listed value is asserted, sizes to the
-byte, ages through ``os.utime``, and prune order, dry runs and interrupted deletions.
+The synthetic caches (``vllm_cache_writer``) are laid out as vLLM 0.32.0 writes them: every
+listed value is asserted, sizes to the byte, ages through ``os.utime``, and prune order, dry
+runs and interrupted deletions. The CLI's side is in ``test_vllm_cache_cli.py``.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pprint
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import Capsys, assert_one_line_error, run, run_json
+from cli_helpers import Capsys, assert_one_line_error, run
+from vllm_cache_writer import (
+    AOT,
+    COMPILE_A,
+    COMPILE_B,
+    DAY,
+    ENV,
+    entry_dir,
+    left_entries,
+    make_cache3,
+    set_age,
+    write_aot,
+    write_compile,
+)
 
 from warmgraph.errors import CacheError
 from warmgraph.graph_cache import vllm as vc
 
-# A few of the raw env factors vLLM's envs.compile_factors() writes under "env".
-ENV = {"VLLM_COMPILE_CACHE_SAVE_FORMAT": "binary", "VLLM_TARGET_DEVICE": "cpu", "VLLM_USE_AOT_COMPILE": True,
-       "VLLM_USE_MEGA_AOT_ARTIFACT": False, "VLLM_USE_STANDALONE_COMPILE": True}
-# computation_graph.py: "from __future__ ...\nimport torch\n" + split_gm.print_readable().
-GRAPH = ('from __future__ import annotations\nimport torch\nclass GraphModule(torch.nn.Module):\n'
-         '    def forward(self, L_input_ids_: "i64[s72]", s72: "Sym(s72)", L_embed_weight_: "bf16[512, 256]", '
-         'L_norm_weight_: "bf16[256]", L_positions_: "i64[s72]", L_cos_sin_cache_: "f32[128, 64]"):\n'
-         '        submod_0 = self.submod_0(L_input_ids_)\n')
-COMPILE_A, COMPILE_B, AOT = "0a1b2c3d4e", "9f8e7d6c5b", "c0ffee" + "1" * 58
-DAY = 86400
-
-
-def write_compile(root: Path, hash10: str, *, ranks: tuple[str, ...] = ("rank_0_0",),
-                  ranges: tuple[tuple[int, int], ...] = ((1, 128), (4, 4)), subgraphs: int = 2,
-                  artifact: int = 1000, inductor: int = 0) -> int:
-    """A ``<hash10>`` entry (prefix "backbone", inductor_standalone artifacts); returns the bytes written."""
-    written = 0
-    for rank in ranks:
-        local = root / "torch_compile_cache" / hash10 / rank / "backbone"
-        local.mkdir(parents=True)
-        factors = json.dumps({"env": ENV, "config_hash": "c" * 64, "code_hash": "d" * 64, "compiler_hash": "e" * 10},
-                             indent=2, sort_keys=True)
-        cache = {}
-        for s, e in ranges:
-            for i in range(subgraphs):
-                name = f"artifact_compile_range_{s}_{e}_subgraph_{i}"
-                (local / name).write_bytes(b"a" * artifact)
-                cache[((s, e), i, "inductor_standalone")] = {"graph_handle": (name, str(local / name)),
-                                                             "cache_key": f"a{s}{e}{i}"}
-        # CompilerManager.save_to_file; its keys hold Range objects, whose repr is this tuple's (checked
-        # against vLLM 0.32.0's writer and reader: only the order of the keys differs).
-        text = pprint.PrettyPrinter(indent=4).pformat(cache)
-        for name, content in (("cache_key_factors.json", factors), ("computation_graph.py", GRAPH),
-                              ("vllm_compile_cache.py", text)):
-            (local / name).write_text(content)
-            written += len(content)
-        written += artifact * len(ranges) * subgraphs
-        if inductor:  # the inductor adaptor's cache, beside the prefixes
-            (local.parent / "inductor_cache" / "ab").mkdir(parents=True)
-            (local.parent / "inductor_cache" / "ab" / "cabc.py").write_bytes(b"i" * inductor)
-            written += inductor
-    return written
-
-
-def write_aot(root: Path, sha: str, *, ranks: tuple[str, ...] = ("rank_0_0",), model: int = 5000) -> int:
-    """A ``torch_aot_compile/<sha256>`` entry: ``rank_*/model`` and the shared inductor_cache."""
-    entry = root / "torch_compile_cache" / "torch_aot_compile" / sha
-    (entry / "inductor_cache" / "fx").mkdir(parents=True)
-    (entry / "inductor_cache" / "fx" / "graph").write_bytes(b"f" * 300)
-    for rank in ranks:
-        (entry / rank).mkdir()
-        (entry / rank / "model").write_bytes(b"m" * model)
-    return 300 + model * len(ranks)
-
-
-def set_age(path: Path, seconds: float) -> float:
-    """Every path in ``path`` last modified ``seconds`` ago (links themselves, not their targets)."""
-    t = time.time() - seconds
-    for top, dirs, files in os.walk(path):
-        for name in dirs + files:
-            os.utime(os.path.join(top, name), (t, t), follow_symlinks=False)
-    os.utime(path, (t, t), follow_symlinks=False)
-    return t
-
-
-def entry_dir(root: Path, h: str) -> Path:
-    base = root / "torch_compile_cache"
-    return base / h if len(h) == 10 else base / "torch_aot_compile" / h
-
 
 @pytest.fixture
 def cache3(tmp_path: Path) -> tuple[Path, dict[str, int]]:
-    """A 3 days old compile entry, a 2 days old AOT entry and an hour old compile entry (two ranks)."""
-    root = tmp_path / "vllm"
-    sizes = {COMPILE_A: write_compile(root, COMPILE_A, artifact=4096, inductor=700), AOT: write_aot(root, AOT),
-             COMPILE_B: write_compile(root, COMPILE_B, ranks=("rank_0_0", "rank_1_0"), ranges=((1, 8192),),
-                                      subgraphs=3, artifact=2**20)}
-    for h, age in ((COMPILE_A, 3 * DAY), (AOT, 2 * DAY), (COMPILE_B, 3600)):
-        set_age(entry_dir(root, h), age)
-    return root, sizes
+    return make_cache3(tmp_path)
 
 
 def test_default_root_is_vllms(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -247,19 +182,13 @@ def test_cache_dir_linked_out_of_the_root_is_refused(capsys: Capsys, tmp_path: P
 # -- prune -----------------------------------------------------------------------------------
 
 
-def _left(root: Path) -> list[str]:
-    """Every name left in the two entry directories, hidden ones included."""
-    base = root / "torch_compile_cache"
-    return sorted(p.name for d in (base, base / "torch_aot_compile") if d.is_dir() for p in d.iterdir())
-
-
 def test_prune_older_than_oldest_first(cache3: tuple[Path, dict[str, int]]) -> None:
     root, sizes = cache3
     assert [e.hash for e in vc.prune(root, older_than=DAY, dry_run=True)] == [COMPILE_A, AOT]
-    assert _left(root) == sorted([COMPILE_A, COMPILE_B, "torch_aot_compile", AOT])
+    assert left_entries(root) == sorted([COMPILE_A, COMPILE_B, "torch_aot_compile", AOT])
     removed = vc.prune(root, older_than=DAY)
     assert [e.hash for e in removed] == [COMPILE_A, AOT] and sum(e.size for e in removed) == sizes[COMPILE_A] + 5300
-    assert _left(root) == [COMPILE_B, "torch_aot_compile"]
+    assert left_entries(root) == [COMPILE_B, "torch_aot_compile"]
 
 
 def test_prune_max_size_removes_oldest_until_it_fits(cache3: tuple[Path, dict[str, int]]) -> None:
@@ -298,7 +227,7 @@ def test_prune_never_leaves_a_half_deleted_entry(cache3: tuple[Path, dict[str, i
     leftover = seen[0].with_name(f".warmgraph-prune-{COMPILE_A}-{dead.pid}-0123abcd")
     os.rename(seen[0], leftover)
     assert [e.hash for e in vc.prune(root, older_than=10 * DAY)] == []
-    assert _left(root) == sorted([COMPILE_B, "torch_aot_compile", AOT])  # the dead prune's leftover is gone
+    assert left_entries(root) == sorted([COMPILE_B, "torch_aot_compile", AOT])  # the dead prune's leftover is gone
 
 
 def test_prune_refuses_a_root_that_is_not_a_directory(tmp_path: Path) -> None:
@@ -306,114 +235,3 @@ def test_prune_refuses_a_root_that_is_not_a_directory(tmp_path: Path) -> None:
     with pytest.raises(CacheError, match="is not a directory; pass --vllm-root DIR"):
         vc.prune(tmp_path / "file", older_than=0)
     assert vc.prune(tmp_path / "absent", older_than=0) == [] and not (tmp_path / "absent").exists()
-
-
-# -- the CLI ---------------------------------------------------------------------------------
-
-
-def test_cli_absent_root_is_empty_and_not_created(capsys: Capsys, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    absent = tmp_path / "absent"
-    code, out, _ = run(capsys, "cache", "ls", "--vllm", "--vllm-root", str(absent))
-    assert code == 0 and out == f"vLLM's compile cache at {absent} is empty\n"
-    monkeypatch.setenv("VLLM_CACHE_ROOT", str(absent))
-    assert run_json(capsys, "cache", "ls", "--vllm") == {"root": str(absent), "entries": []}
-    assert run_json(capsys, "cache", "prune", "--vllm", "--max-size", "0") == {
-        "root": str(absent), "removed": [], "bytes_freed": 0, "dry_run": False}
-    assert_one_line_error(*run(capsys, "cache", "show", "--vllm", "0a"), "no vLLM cache entry has a hash starting")
-    assert not absent.exists()
-
-
-def test_cli_ls(capsys: Capsys, cache3: tuple[Path, dict[str, int]]) -> None:
-    root, sizes = cache3
-    code, out, _ = run(capsys, "cache", "ls", "--vllm", "--vllm-root", str(root))
-    lines = out.splitlines()
-    assert code == 0 and lines[0].split() == ["hash", "kind", "ranks", "prefixes", "compiler", "ranges", "graphs",
-                                              "artifacts", "dtype", "size", "age", "note"]
-    assert [line.split() for line in lines[2:5]] == [
-        [COMPILE_A, "compile", "0_0", "backbone", "inductor_standalone", "1-128,4", "4", "4", "bf16", "19", "KB",
-         "3d"],
-        [AOT[:12], "aot", "0_0", "-", "-", "-", "0", "1", "-", "5.2", "KB", "2d"],
-        [COMPILE_B, "compile", "0_0,1_0", "backbone", "inductor_standalone", "1-8192", "6", "6", "bf16", "6.0", "MB",
-         "1h"]]
-    assert lines[5] == f"3 entries, 6.0 MB in {root / 'torch_compile_cache'}"
-    data = run_json(capsys, "cache", "ls", "--vllm", "--vllm-root", str(root))
-    assert data["root"] == str(root) and [e["hash"] for e in data["entries"]] == [COMPILE_A, AOT, COMPILE_B]
-    a = data["entries"][0]
-    assert a["size"] == sizes[COMPILE_A] and a["ranges"] == [[1, 128], [4, 4]] and a["compilers"] == [
-        "inductor_standalone"]
-    assert a["factors"] == {"config_hash": "c" * 64, "code_hash": "d" * 64, "compiler_hash": "e" * 10,
-                            "env_factors": len(ENV)}
-    assert a["damaged"] == [] and a["cache_file_parses"] is True and abs(a["age_seconds"] - 3 * DAY) < 60
-    assert a["path"] == str(entry_dir(root, COMPILE_A)) and data["entries"][1]["kind"] == "aot"
-
-
-def test_cli_show(capsys: Capsys, cache3: tuple[Path, dict[str, int]]) -> None:
-    root, sizes = cache3
-    code, out, _ = run(capsys, "cache", "show", COMPILE_A[:4].upper(), "--vllm-root", str(root))
-    assert code == 0 and out.startswith(f"hash      {COMPILE_A}\nkind      compile   path {entry_dir(root, COMPILE_A)}")
-    assert ("compiled  inductor_standalone: 4 graphs, ranges 1-128,4, 4 artifacts, vllm_compile_cache.py parses"
-            in out)
-    assert f"factors   config {'c' * 64}, code {'d' * 64}, compiler {'e' * 10}, 5 env factors" in out
-    lines = [line.split() for line in out.splitlines()]
-    assert ["rank_0_0/inductor_cache/", "700", "1"] in lines and ["rank_0_0/backbone/computation_graph.py",
-                                                                 str(len(GRAPH)), "1"] in lines
-    data = run_json(capsys, "cache", "show", AOT[:8], "--vllm", "--vllm-root", str(root))
-    assert data["entry"]["hash"] == AOT and data["entry"]["size"] == 5300
-    assert data["contents"] == [{"path": "inductor_cache/", "bytes": 300, "files": 1},
-                                {"path": "rank_0_0/model", "bytes": 5000, "files": 1}]
-    data = run_json(capsys, "cache", "show", COMPILE_A, "--vllm", "--vllm-root", str(root))
-    assert data["entry"]["factors"]["env"] == ENV
-    assert sum(p["bytes"] for p in data["contents"]) == sizes[COMPILE_A]
-
-
-def test_cli_prune(capsys: Capsys, cache3: tuple[Path, dict[str, int]]) -> None:
-    root, sizes = cache3
-    code, out, _ = run(capsys, "cache", "prune", "--vllm", "--older-than", "1d", "--dry-run", "--vllm-root", str(root))
-    assert code == 0 and out.splitlines() == [
-        f"would remove {COMPILE_A} (compile, 19 KB, written 3d ago)",
-        f"would remove {AOT[:12]} (aot, 5.2 KB, written 2d ago)",
-        f"prune --vllm: would remove 2 entries, 24 KB in {root / 'torch_compile_cache'}; nothing was removed "
-        "(--dry-run)"]
-    assert len(vc.scan(root)) == 3
-    data = run_json(capsys, "cache", "prune", "--vllm", "--max-size", "6310000", "--vllm-root", str(root))
-    assert data == {"root": str(root), "removed": [COMPILE_A], "bytes_freed": sizes[COMPILE_A], "dry_run": False}
-    code, out, _ = run(capsys, "cache", "prune", "--vllm-root", str(root), "--older-than", "30m")
-    assert code == 0 and out.splitlines()[-1] == (f"prune --vllm: removed 2 entries, 6.0 MB in "
-                                                  f"{root / 'torch_compile_cache'}")
-    assert _left(root) == ["torch_aot_compile"]
-
-
-@pytest.mark.parametrize(
-    ("args", "fragment"),
-    [
-        (["prune", "--vllm"], "prune --vllm needs --older-than (e.g. 7d) or --max-size (e.g. 2G)"),
-        (["prune", "--vllm", "--keep-last", "1"], "--keep-last does not apply to --vllm"),
-        (["prune", "--vllm", "--older-than", "7days"], "e.g. 30m, 12h, 7d"),
-        (["prune", "--vllm", "--max-size", "lots"], "e.g. 500MB or 2G"),
-        (["prune", "--dry-run", "--keep-last", "1"], "--dry-run works with --vllm only"),
-        (["ls", "--vllm", "--dir", "/tmp"], "--dir is warmgraph's cache root; for vLLM's cache give --vllm-root"),
-        (["show", " ", "--vllm"], "KEY is empty"),
-        (["show", "9", "--vllm"], "no vLLM cache entry has a hash starting with '9'"),
-        (["show", "0", "--vllm"], "hash prefix '0' is ambiguous (2 vLLM entries"),
-    ],
-)
-def test_cli_bad_input(capsys: Capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str],
-                       fragment: str) -> None:
-    root = tmp_path / "vllm"
-    write_compile(root, "0a00000000")
-    write_compile(root, "0b00000000")
-    monkeypatch.setenv("VLLM_CACHE_ROOT", str(root))
-    assert_one_line_error(*run(capsys, "cache", *args), fragment)
-    assert_one_line_error(*run(capsys, "cache", *args, "--json"), fragment)
-    assert len(vc.scan(root)) == 2
-
-
-def test_cli_root_that_is_a_file(capsys: Capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    f = tmp_path / "file"
-    f.write_text("x")
-    assert_one_line_error(*run(capsys, "cache", "ls", "--vllm-root", str(f)), "is a file")
-    monkeypatch.setenv("VLLM_CACHE_ROOT", str(f))
-    for args in (["ls", "--vllm"], ["show", "0", "--vllm"], ["prune", "--vllm", "--older-than", "1d"]):
-        assert_one_line_error(*run(capsys, "cache", *args), f"vLLM cache root {f} is not a directory")
-    assert f.read_text() == "x"
