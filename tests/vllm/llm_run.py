@@ -20,6 +20,7 @@ def main() -> None:
     llm = LLM(model=spec["model"], max_model_len=128, max_num_seqs=4, dtype="float32", seed=0, **kwargs)
     params = SamplingParams(max_tokens=spec["max_tokens"], temperature=0.0)
     outputs = llm.generate(spec["prompts"], params, use_tqdm=False)
+    from warmgraph.integrations.vllm import piecewise
     from warmgraph.integrations.vllm.function import live_functions
 
     functions = live_functions()
@@ -29,6 +30,7 @@ def main() -> None:
         "counters": dict(fn.counters) if fn else None,
         "sources": [b.source for b in fn.builds] if fn else None,
         "buckets": [list(b.bucket) for b in fn.builds] if fn else None,
+        "piecewise": dict(piecewise.COUNTERS) if piecewise.COUNTERS else None,
     }), flush=True)
 
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from warmgraph.errors import WarmgraphError
+from warmgraph.integrations.vllm.graph import structure
 from warmgraph.integrations.vllm.plan import dynamic_max, parse_sizes
-from warmgraph.integrations.vllm.plugin import enabled
+from warmgraph.integrations.vllm.plugin import enabled, setting
 
 
 def test_sizes_parse_and_refuse() -> None:
@@ -21,8 +22,8 @@ def test_sizes_parse_and_refuse() -> None:
 def test_plugin_switch() -> None:
     assert enabled({}) is False and enabled({"WARMGRAPH_VLLM": "0"}) is False
     assert enabled({"WARMGRAPH_VLLM": "1"}) is True and enabled({"WARMGRAPH_VLLM": "true"}) is True
-    with pytest.raises(WarmgraphError, match="not built yet"):
-        enabled({"WARMGRAPH_VLLM": "piecewise"})
+    assert setting({"WARMGRAPH_VLLM": "1"}) == "graph" and setting({"WARMGRAPH_VLLM": "Piecewise"}) == "piecewise"
+    assert setting({}) is None and enabled({"WARMGRAPH_VLLM": "piecewise"}) is True
     with pytest.raises(WarmgraphError, match="not understood"):
         enabled({"WARMGRAPH_VLLM": "maybe"})
 
@@ -41,3 +42,26 @@ def test_layer_name_twin_keeps_the_schema_but_the_opaque_argument() -> None:
     assert [t for t in theirs if t[1] != "PyObject"] == [t for t in ours if t[1] != "str"]
     assert [(n, w) for n, t, w in theirs if t == "PyObject"] == [(n, w) for n, t, w in ours if t == "str"]
     assert [(n, t) for n, t, _ in ours if t == "str"] == [("layer_name", "str")]
+
+
+def _traced(eps: float, names: str) -> torch.fx.GraphModule:
+    """A norm-and-scale graph whose inputs and nodes are named after ``names`` (as vLLM's layers are)."""
+    def f(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+    gm = torch.fx.symbolic_trace(f)
+    for node in gm.graph.nodes:
+        node.name = f"{names}_{node.name}"
+    gm.recompile()
+    return gm
+
+
+def test_structure_ignores_names_but_not_computation() -> None:
+    layer_1, layer_2 = _traced(1e-5, "layers_1"), _traced(1e-5, "layers_2")
+    assert layer_1.code != layer_2.code  # Dynamo's names differ from layer to layer
+    assert structure(layer_1) == structure(layer_2)  # one key: compiled once
+    assert structure(_traced(1e-6, "layers_1")) != structure(layer_1)  # a constant is computation
+    swapped = _traced(1e-5, "layers_1")
+    mul = [n for n in swapped.graph.nodes if n.op == "call_function"][-1]
+    mul.args = (mul.args[1], mul.args[0])  # w * (...) instead of (...) * w: another dataflow
+    assert structure(swapped) != structure(layer_1)

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 BACKEND = "warmgraph.integrations.vllm.backend"
+PIECEWISE = "warmgraph.integrations.vllm.piecewise.WarmgraphCompiler"  # mode 3: the CompilerInterface
 # Inductor settings for our graphs: vLLM's own (``enable_auto_functionalized_v2`` off, always) and
 # on CPU those its CPU platform gives its Inductor graphs (platforms/cpu.py), so both are compiled
 # alike. Fixed here rather than read from the config, so that LLM(compilation_config={"mode": 2,

@@ -157,9 +157,36 @@ def _factors(gm: torch.fx.GraphModule, slots: list[Slot], metas: list[torch.Tens
         shape = ["T" if d in slot.dynamic_dims else int(s) for d, s in enumerate(meta.shape)]
         specs.append({"shape": shape, "dtype": str(meta.dtype), "device": meta.device.type})
     constants = [repr(s.value) for s in slots if s.kind == "constant"]
-    code = hashlib.sha256(gm.code.encode()).hexdigest()
+    code = hashlib.sha256(structure(gm).encode()).hexdigest()
     return {"name": "vllm-model", "code": code, "inputs": specs, "constants": constants,
             "layout": [s.kind for s in slots]}
+
+
+def structure(gm: torch.fx.GraphModule) -> str:
+    """The graph's computation with every name left out: node kinds, targets, constants, and
+    which earlier node each argument is. Two graphs that compute the same thing from inputs of
+    the same specs get one text, whatever Dynamo named their nodes: vLLM's pieces for layers
+    1..n-1 of a model do, so they share one cache key and are compiled once."""
+    index: dict[torch.fx.Node, int] = {}
+    lines = []
+
+    def ref(arg: Any) -> Any:
+        return f"%{index[arg]}" if isinstance(arg, torch.fx.Node) else arg
+
+    for i, node in enumerate(gm.graph.nodes):
+        index[node] = i
+        target = node.target if isinstance(node.target, str) else torch.fx.node._get_qualified_name(node.target)
+        if node.op == "placeholder":
+            target = "input"
+        elif node.op == "get_attr":  # a constant held by the graph: its value is part of the computation
+            value = getattr(gm, node.target)
+            if isinstance(value, torch.Tensor):
+                data = value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+                target = f"{tuple(value.shape)} {value.dtype} {hashlib.sha256(data).hexdigest()}"
+        args = torch.fx.node.map_aggregate(node.args, ref)
+        kwargs = torch.fx.node.map_aggregate(node.kwargs, ref)
+        lines.append(f"{node.op} {target} {args!r} {kwargs!r}")
+    return "\n".join(lines)
 
 
 class ExportModule(torch.nn.Module):

@@ -4,12 +4,19 @@ Registered as the ``vllm.general_plugins`` entry point ``warmgraph``; vLLM loads
 process (front end, engine core, workers), several times: ``register`` is idempotent. Whatever
 ``WARMGRAPH_VLLM`` says, it refuses warmgraph's backend in mode 1 on CPU (``check_mode``).
 
-With ``WARMGRAPH_VLLM=1`` it wraps the current platform's ``check_and_update_config`` (the hook
-where platforms adjust the config) so that after it, a mode-2 config with vLLM's default
-``inductor`` backend uses warmgraph's backend instead. On CPU vLLM's default mode 3 becomes
-exactly that. A config that names another backend, or mode 0 (``--enforce-eager``), is left as
-it is. On CUDA the default stays mode 3 (piecewise): the plugin says so and changes nothing;
-pass ``-cc '{"mode": 2, "backend": "warmgraph.integrations.vllm.backend"}'`` for the whole graph.
+It wraps two hooks of the current platform, where platforms adjust vLLM's config and name
+its compiler: ``check_and_update_config`` and ``get_compile_backend``.
+
+- ``WARMGRAPH_VLLM=1``: after the platform's own check, a mode-2 config with vLLM's default
+  ``inductor`` backend uses warmgraph's backend instead. On CPU vLLM's default mode 3 becomes
+  exactly that. A config that names another backend, or mode 0 (``--enforce-eager``), is left
+  as it is. On CUDA the default stays mode 3 (piecewise): the plugin says so and changes
+  nothing; pass ``-cc '{"mode": 2, "backend": "warmgraph.integrations.vllm.backend"}'``.
+- ``WARMGRAPH_VLLM=piecewise``: mode 3 is kept (on CPU, restored after the platform turned it
+  into mode 2) and the platform names warmgraph's ``CompilerInterface``
+  (``integrations.vllm.piecewise``); ``VLLM_USE_MEGA_AOT_ARTIFACT`` is set to 0 unless set
+  (to 1 it is refused: vLLM's mega artifact bundles Inductor's code, which this compiler has
+  none of).
 """
 
 from __future__ import annotations
@@ -25,38 +32,79 @@ _ON = ("1", "true", "on", "yes")
 _OFF = ("", "0", "false", "off", "no")
 
 
-def enabled(env: dict[str, str] | None = None) -> bool:
-    """Whether ``WARMGRAPH_VLLM`` asks for the backend; WarmgraphError for a value it cannot mean."""
+def setting(env: dict[str, str] | None = None) -> str | None:
+    """What ``WARMGRAPH_VLLM`` asks for: ``"graph"`` (mode 2), ``"piecewise"`` (mode 3) or None;
+    WarmgraphError for a value it cannot mean."""
     env = os.environ if env is None else env
     value = env.get("WARMGRAPH_VLLM", "").strip().lower()
     if value in _OFF:
-        return False
+        return None
     if value in _ON:
-        return True
+        return "graph"
     if value == "piecewise":
-        raise WarmgraphError("WARMGRAPH_VLLM=piecewise (mode 3, a CompilerInterface) is not built yet; "
-                             "use WARMGRAPH_VLLM=1 (mode 2, the whole-model graph)")
-    raise WarmgraphError(f"WARMGRAPH_VLLM={value!r} is not understood; use 1 to turn warmgraph's backend on, 0 off")
+        return "piecewise"
+    raise WarmgraphError(f"WARMGRAPH_VLLM={value!r} is not understood; use 1 (the whole graph, mode 2), "
+                         "piecewise (mode 3) or 0 (off)")
+
+
+def enabled(env: dict[str, str] | None = None) -> bool:
+    """Whether ``WARMGRAPH_VLLM`` asks for warmgraph in any mode."""
+    return setting(env) is not None
 
 
 def register() -> None:
-    """The entry point vLLM calls: wraps the platform's config hook (see the module docstring)."""
-    enabled()  # a value it cannot mean is an error in every process, not only when compiling
+    """The entry point vLLM calls: wraps the platform's hooks (see the module docstring)."""
+    if setting() == "piecewise":
+        mega = os.environ.setdefault("VLLM_USE_MEGA_AOT_ARTIFACT", "0").strip().lower()
+        if mega not in ("0", "false"):
+            raise WarmgraphError("WARMGRAPH_VLLM=piecewise needs VLLM_USE_MEGA_AOT_ARTIFACT=0 (vLLM's mega artifact "
+                                 "bundles Inductor's code, which warmgraph's compiler has none of); unset it")
     from vllm.platforms import current_platform
 
     platform = type(current_platform)
     original = platform.check_and_update_config
     if getattr(original, "_warmgraph", False):
         return
+    original_backend = platform.get_compile_backend
 
     def check_and_update_config(cls: type, vllm_config: Any) -> None:
+        asked = vllm_config.compilation_config.mode
         original.__func__(cls, vllm_config)
         check_mode(vllm_config.compilation_config, current_platform.is_cpu())
-        if enabled():
+        wanted = setting()
+        if wanted == "graph":
             use_backend(vllm_config.compilation_config)
+        elif wanted == "piecewise":
+            use_piecewise(vllm_config.compilation_config, asked)
+
+    def get_compile_backend(cls: type) -> str:
+        from warmgraph.integrations.vllm import PIECEWISE
+
+        return PIECEWISE if setting() == "piecewise" else original_backend.__func__(cls)
 
     check_and_update_config._warmgraph = True  # type: ignore[attr-defined]
     platform.check_and_update_config = classmethod(check_and_update_config)  # type: ignore[method-assign]
+    platform.get_compile_backend = classmethod(get_compile_backend)  # type: ignore[method-assign]
+
+
+def use_piecewise(compilation_config: Any, asked: Any) -> bool:
+    """Keep (or restore) mode 3 with warmgraph's ``CompilerInterface``; True when it did. vLLM's
+    CPU platform turns mode 3 into mode 2 with Inductor; with ``piecewise`` that is undone."""
+    from vllm.config import CompilationMode
+
+    from warmgraph.integrations.vllm import PIECEWISE
+
+    if asked != CompilationMode.VLLM_COMPILE or compilation_config.backend not in ("inductor", "", PIECEWISE):
+        log.info("warmgraph: WARMGRAPH_VLLM=piecewise leaves compilation mode %s with backend %r as it is",
+                 asked, compilation_config.backend)
+        return False
+    compilation_config.mode = CompilationMode.VLLM_COMPILE
+    compilation_config.backend = PIECEWISE
+    if compilation_config.compile_sizes is None:
+        # vLLM completes the sizes only where CUDA graphs are in use; its piecewise runner needs a list
+        compilation_config.post_init_cudagraph_sizes()
+    log.info("warmgraph: vLLM compiles each piece through warmgraph (WARMGRAPH_VLLM=piecewise)")
+    return True
 
 
 def check_mode(compilation_config: Any, on_cpu: bool) -> None:
@@ -85,7 +133,8 @@ def use_backend(compilation_config: Any) -> bool:
         return True
     if mode == CompilationMode.VLLM_COMPILE:
         log.warning("warmgraph: WARMGRAPH_VLLM=1 leaves mode 3 (piecewise) as it is; pass -cc "
-                    '\'{"mode": 2, "backend": "%s"}\' to run the whole graph through warmgraph', BACKEND)
+                    '\'{"mode": 2, "backend": "%s"}\' to run the whole graph through warmgraph, or set '
+                    "WARMGRAPH_VLLM=piecewise to compile its pieces through warmgraph", BACKEND)
     elif mode != CompilationMode.NONE:
         log.info("warmgraph: compilation mode %s with backend %r is left as it is", mode, compilation_config.backend)
     return False
