@@ -30,7 +30,8 @@ def main() -> None:
         "counters": dict(fn.counters) if fn else None,
         "sources": [b.source for b in fn.builds] if fn else None,
         "buckets": [list(b.bucket) for b in fn.builds] if fn else None,
-        "piecewise": dict(piecewise.COUNTERS) if piecewise.COUNTERS else None,
+        "piecewise": dict(piecewise.COUNTERS) if any(piecewise.COUNTERS.values()) else None,
+        "pieces": [len(r.names) for r in fn.regions.regions] if fn else None,
     }), flush=True)
 
 

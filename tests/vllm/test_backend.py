@@ -20,18 +20,20 @@ def test_cold_then_warm_equals_vllm_eager(tiny_vllm_model: Path, eager_tokens: l
     cold, _ = run_llm(tiny_vllm_model, env, MODE2)
     assert cold["tokens"] == eager_tokens
     counters = cold["counters"]
-    # sizes 1 and 2 and the dynamic graph: compiled (by forked workers), then loaded here
-    assert cold["buckets"] == [[1], [2], [1, 16384]]
-    assert counters["compiles"] == 3 and counters["cache_writes"] == 3 and counters["cache_hits"] == 3
+    # two layers cut at their attentions: three distinct pieces (before, between, after), each
+    # with sizes 1 and 2 and the dynamic graph: compiled (by forked workers), then loaded here
+    assert cold["pieces"] == [1, 1, 1]
+    assert cold["buckets"] == [[1], [2], [1, 16384]] * 3
+    assert counters["compiles"] == 9 and counters["cache_writes"] == 9 and counters["cache_hits"] == 9
     assert counters["replays"] >= MAX_DECODE_STEPS  # the two prompts decode together: size 2
     assert counters["dynamic_calls"] >= 2  # the profile run and the prefill
     assert counters["eager_fallbacks"] == 0
-    assert len(_packages(tmp_path)) == 3
+    assert len(_packages(tmp_path)) == 9
 
     warm, log = run_llm(tiny_vllm_model, env, MODE2)
     assert warm["tokens"] == eager_tokens
-    assert warm["counters"]["compiles"] == 0 and warm["counters"]["cache_hits"] == 3
-    assert warm["sources"] == ["loaded"] * 3
+    assert warm["counters"]["compiles"] == 0 and warm["counters"]["cache_hits"] == 9
+    assert warm["sources"] == ["loaded"] * 9
     assert "Directly load AOT compilation" in log  # vLLM's own artifact loaded: Dynamo did not run
     assert "load failure" not in log
 
@@ -49,21 +51,21 @@ def test_without_vllm_aot_and_a_damaged_package(tiny_vllm_model: Path, eager_tok
     env = vllm_env(tmp_path, VLLM_USE_AOT_COMPILE="0")
     cold, _ = run_llm(tiny_vllm_model, env, MODE2)
     assert cold["tokens"] == eager_tokens
-    assert cold["buckets"] == [[1, 16384]] and cold["counters"]["compiles"] == 1  # default plan: one graph
+    assert cold["buckets"] == [[1, 16384]] * 3 and cold["counters"]["compiles"] == 3  # default plan: dynamic only
     assert cold["counters"]["dynamic_calls"] > MAX_DECODE_STEPS  # it serves every count, decode included
 
     warm, log = run_llm(tiny_vllm_model, env, MODE2)
     assert warm["tokens"] == eager_tokens
-    assert warm["counters"]["compiles"] == 0 and warm["counters"]["cache_hits"] == 1
+    assert warm["counters"]["compiles"] == 0 and warm["counters"]["cache_hits"] == 3
     assert "Directly load AOT compilation" not in log  # AOT off: Dynamo traced again, our graph loaded
 
-    (package,) = _packages(tmp_path)
+    package = _packages(tmp_path)[0]
     data = bytearray(package.read_bytes())
     data[len(data) // 2] ^= 0xFF
     package.write_bytes(bytes(data))
     healed, _ = run_llm(tiny_vllm_model, env, MODE2)
     assert healed["tokens"] == eager_tokens
-    assert healed["counters"]["compiles"] == 1 and healed["counters"]["cache_hits"] == 0
+    assert healed["counters"]["compiles"] == 1 and healed["counters"]["cache_hits"] == 2
 
 
 def test_mode_1_is_refused_not_run_eagerly(tiny_vllm_model: Path, tmp_path: Path) -> None:

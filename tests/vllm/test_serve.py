@@ -11,17 +11,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from vllm_helpers import MAX_TOKENS, PROMPTS, vllm_env
-
-ARGS = ["--max-model-len", "128", "--max-num-seqs", "4", "--dtype", "float32"]
-
-
-def _warmup(model: Path, env: dict[str, str], *extra: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "warmgraph", "warmup", "--engine", "vllm", str(model), *ARGS,
-                           "--prompt", PROMPTS[0], "--max-tokens", str(MAX_TOKENS), "--json", *extra],
-                          env=env, capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, "\n".join(proc.stderr.splitlines()[-30:])
-    return json.loads(proc.stdout)  # one JSON object and nothing else on stdout
+from vllm_helpers import ARGS, MAX_TOKENS, PROMPTS, run_warmup, vllm_env
 
 
 def _free_port() -> int:
@@ -35,8 +25,9 @@ def test_warmup_then_serve_answers_from_warm_graphs(tiny_vllm_model: Path, eager
     # vLLM's own processes, as a server runs (the in-process engine would change vLLM's key)
     env = vllm_env(tmp_path)
     env.pop("VLLM_ENABLE_V1_MULTIPROCESSING")
-    warm = _warmup(tiny_vllm_model, env)
-    assert warm["compiled"] == 1 and warm["graphs"][0]["bucket"] == [1, 16384]
+    warm = run_warmup(tiny_vllm_model, env)
+    assert warm["mode"] == 2 and warm["pieces"] == [1, 1, 1]
+    assert warm["compiled"] == 3 and [g["bucket"] for g in warm["graphs"]] == [[1, 16384]] * 3
     assert warm["token_ids"] == eager_tokens[0]
     assert warm["vllm_aot_dir"] and Path(warm["vllm_aot_dir"]).is_dir()
 
@@ -67,7 +58,7 @@ def test_warmup_then_serve_answers_from_warm_graphs(tiny_vllm_model: Path, eager
         server.wait(timeout=120)
     assert answer["choices"][0]["text"] == warm["text"]
     builds = [json.loads(line) for line in report.read_text().splitlines() if '"build"' in line]
-    assert builds and all(b["counters"]["compiles"] == 0 and b["counters"]["cache_hits"] == 1 for b in builds)
+    assert builds and all(b["counters"]["compiles"] == 0 and b["counters"]["cache_hits"] == 3 for b in builds)
     log = (tmp_path / "server.log").read_text()
     assert "Directly load AOT compilation" in log and "load failure" not in log
 
@@ -76,7 +67,9 @@ def test_concurrent_warmups_compile_each_key_once(tiny_vllm_model: Path, eager_t
                                                   tmp_path: Path) -> None:
     env = vllm_env(tmp_path, WARMGRAPH_VLLM_WORKERS="1")  # in-process engines: two starts fit on 2 cores
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda _: _warmup(tiny_vllm_model, env, "--sizes", "1"), range(2)))
-    assert sorted(r["compiled"] for r in results) == [0, 2]  # the second waited on the locks, then loaded
+        results = list(pool.map(lambda _: run_warmup(tiny_vllm_model, env, "--sizes", "1"), range(2)))
+    # three distinct pieces, each with size 1 and the dynamic graph: 6 keys, each compiled by one
+    # of the two (the other waited on its lock, then loaded it)
+    assert sum(r["compiled"] for r in results) == 6
     assert all(r["token_ids"] == eager_tokens[0] for r in results)
-    assert len(list((tmp_path / "warmgraph" / "entries").glob("*/graph.pt2"))) == 2
+    assert len(list((tmp_path / "warmgraph" / "entries").glob("*/graph.pt2"))) == 6

@@ -19,5 +19,23 @@ def test_smollm2_cold_and_warm_equal_vllm_eager(tmp_path: Path) -> None:
     cold, _ = run_llm(model, env, MODE2, prompts=prompts)
     warm, log = run_llm(model, env, MODE2, prompts=prompts)
     assert cold["tokens"] == eager["tokens"] and warm["tokens"] == eager["tokens"]
-    assert cold["counters"]["compiles"] == 1 and warm["counters"]["compiles"] == 0
-    assert warm["counters"]["cache_hits"] == 1 and "load failure" not in log
+    # 30 layers cut at their attentions: 31 pieces, 3 distinct (the 29 between two attentions are one)
+    assert sorted(cold["pieces"]) == [1, 1, 29]
+    assert cold["counters"]["compiles"] == 3 and warm["counters"]["compiles"] == 0
+    assert warm["counters"]["cache_hits"] == 3 and "load failure" not in log
+
+
+def test_smollm2_piecewise_compiles_each_distinct_piece_once(tmp_path: Path) -> None:
+    """Mode 3 splits the 30 layers into 31 pieces; the 29 between two attentions are the same
+    computation, so warmgraph compiles 3 graphs (first, middle, last) and loads the rest."""
+    from warmgraph.models.smollm2 import ensure_smollm2
+
+    model = ensure_smollm2(tmp_path / "models", progress=False)
+    eager, _ = run_llm(model, vllm_env(tmp_path / "eager"), {"mode": 0})
+    env = vllm_env(tmp_path / "wg", WARMGRAPH_VLLM="piecewise")
+    cold, _ = run_llm(model, env)
+    warm, log = run_llm(model, env)
+    assert cold["tokens"] == eager["tokens"] and warm["tokens"] == eager["tokens"]
+    assert cold["piecewise"]["compiles"] == 3 and cold["piecewise"]["cache_hits"] == 28
+    assert warm["piecewise"]["compiles"] == 0 and warm["piecewise"]["cache_hits"] == 31
+    assert "load failure" not in log

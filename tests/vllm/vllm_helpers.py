@@ -14,6 +14,7 @@ PROMPTS = ["The capital of France is", "Once upon a time, a small dog"]
 MAX_TOKENS = 8
 BACKEND = "warmgraph.integrations.vllm.backend"
 MODE2 = {"mode": 2, "backend": BACKEND}
+ARGS = ["--max-model-len", "128", "--max-num-seqs", "4", "--dtype", "float32"]  # llm_run.py's, as vLLM flags
 
 
 def vllm_env(caches: Path, **extra: str) -> dict[str, str]:
@@ -41,3 +42,12 @@ def run_llm(model: Path, env: dict[str, str], compilation_config: dict[str, Any]
     return out, proc.stderr
 
 
+
+
+def run_warmup(model: Path, env: dict[str, str], *extra: str) -> dict[str, Any]:
+    """``warmgraph warmup --engine vllm`` with ``ARGS`` and ``extra``; its ``--json`` object."""
+    proc = subprocess.run([sys.executable, "-m", "warmgraph", "warmup", "--engine", "vllm", str(model), *ARGS,
+                           "--prompt", PROMPTS[0], "--max-tokens", str(MAX_TOKENS), "--json", *extra],
+                          env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, "\n".join(proc.stderr.splitlines()[-30:])
+    return json.loads(proc.stdout)  # one JSON object and nothing else on stdout

@@ -27,9 +27,12 @@ from warmgraph.integrations.vllm.warmup import TARGETS
 @click.option("--sizes", help="Token counts that get a graph of their own besides the dynamic one, e.g. 1,2,4 "
                                "[$WARMGRAPH_VLLM_SIZES, else none].")
 @click.option("--cache-dir", help="Graph cache root [$WARMGRAPH_CACHE_DIR or ~/.cache/warmgraph].")
+@click.option("--piecewise", is_flag=True,
+              help="Warm vLLM's mode 3 (pieces through warmgraph), for a serve with WARMGRAPH_VLLM=piecewise.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object and nothing else.")
 def vllm_warmup(model: str, vllm_args: tuple[str, ...], target: str, prompt: str, max_tokens: int,
-                workers: int | None, sizes: str | None, cache_dir: str | None, as_json: bool) -> None:
+                workers: int | None, sizes: str | None, cache_dir: str | None, piecewise: bool,
+                as_json: bool) -> None:
     """Start vLLM once through warmgraph's backend, compiling its graphs into the graph cache.
 
     MODEL is what vllm serve takes; the other arguments are vLLM's engine arguments.
@@ -50,13 +53,13 @@ def vllm_warmup(model: str, vllm_args: tuple[str, ...], target: str, prompt: str
         if bar is None:  # made on the first graph: errors before it print no empty bar
             from tqdm import tqdm
 
-            bar = tqdm(total=total, unit="graph", desc="vLLM graphs", leave=True)
+            bar = tqdm(total=total or None, unit="graph", desc="vLLM graphs", leave=True)  # 0: not known
         bar.set_postfix_str(f"{_label(bucket)} {source} {seconds:.1f}s")
         bar.update(done - bar.n)
 
     try:
         result = warmup(model, vllm_args, target=target, prompt=prompt, max_tokens=max_tokens, workers=workers,
-                        sizes=sizes, cache_dir=cache_dir, on_graph=on_graph)
+                        sizes=sizes, cache_dir=cache_dir, piecewise=piecewise, on_graph=on_graph)
     finally:
         if bar is not None:
             bar.close()
@@ -73,15 +76,19 @@ def _label(bucket: Any) -> str:
 
 def _print(result: dict[str, Any]) -> None:
     click.echo(f"model {result['model']} (for {result['target']})")
-    click.echo(table(["graph", "source", "seconds", "bytes"],
-                     [[_label(g["bucket"]), g["source"], g["seconds"], g["bytes"]] for g in result["graphs"]]))
+    click.echo(table(["piece", "graph", "source", "seconds", "bytes"],
+                     [[g["piece"], _label(g["bucket"]), g["source"], g["seconds"], g["bytes"]]
+                      for g in result["graphs"]]))
+    if result["mode"] == 2:
+        click.echo(f"vLLM's graph cut at its attention ops: {sum(result['pieces'])} pieces, "
+                   f"{len(result['pieces'])} distinct (one graph set each)")
     click.echo(f"compiled {result['compiled']} ({result['worker_compiles']} by workers), loaded {result['loaded']}; "
                f"engine init {result['engine_init_seconds']:.1f} s, total {result['seconds']:.1f} s")
     click.echo(f"greedy check: {result['prompt']!r} -> {result['text']!r}")
     click.echo(f"graph cache: {result['cache']}")
     if result["vllm_aot_dir"]:
         click.echo(f"vLLM's AOT artifact: {result['vllm_aot_dir']}")
-    env = ["WARMGRAPH_VLLM=1"]
+    env = ["WARMGRAPH_VLLM=piecewise" if result["mode"] == 3 else "WARMGRAPH_VLLM=1"]
     if os.environ.get("WARMGRAPH_CACHE_DIR"):
         env.append(f"WARMGRAPH_CACHE_DIR={os.environ['WARMGRAPH_CACHE_DIR']}")
     if result["sizes"]:

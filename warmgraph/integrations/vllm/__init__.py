@@ -28,19 +28,20 @@ def backend(gm: Any, example_inputs: Sequence[Any]) -> Any:
     """vLLM's compile backend: builds a ``WarmgraphFunction`` for vLLM's whole-model graph.
 
     Called once per process by Dynamo with vLLM's graph (weights as inputs, a SymInt token
-    count). Plans the sizes from the current vLLM config (``plan.plan_sizes``); the graphs are
-    loaded or compiled on the first call. Raises WarmgraphError for a graph it cannot serve.
+    count). Cuts it at the attention ops (``regions``), plans the sizes from the current vLLM
+    config (``plan.plan_sizes``); the graphs are loaded or compiled on the first call. Raises
+    WarmgraphError for a graph it cannot serve.
     """
     from warmgraph.integrations.vllm.function import WarmgraphFunction, vllm_factors
-    from warmgraph.integrations.vllm.graph import VllmGraph
     from warmgraph.integrations.vllm.plan import dynamic_max, plan_sizes
+    from warmgraph.integrations.vllm.regions import Regions
 
     config = current_config()
-    graph = VllmGraph(gm, example_inputs)
+    regions = Regions.split(gm, example_inputs)
     on_cpu = all(a.device.type == "cpu" for a in example_inputs if hasattr(a, "device"))
     inductor = CPU_INDUCTOR_CONFIGS if on_cpu else INDUCTOR_CONFIGS
     max_tokens = dynamic_max(config.scheduler_config.max_num_batched_tokens)
-    return WarmgraphFunction(graph, plan_sizes(config), max_tokens, inductor, vllm_factors())
+    return WarmgraphFunction(regions, plan_sizes(config), max_tokens, inductor, vllm_factors())
 
 
 def current_config() -> Any:

@@ -1,19 +1,23 @@
-"""The callable warmgraph's backend gives vLLM: per-size AOTInductor graphs and one dynamic graph.
+"""The callable warmgraph's backend gives vLLM: AOTInductor graphs per piece, per size and dynamic.
 
-vLLM calls it with the same arguments as its graph, at the real token count of each step (the
-CPU runner does not pad, and attention metadata is sized to the real count, so nothing can be
-padded here). A count with its own graph runs it (``replays``); any other count runs the
-dynamic-shape graph (``dynamic_calls``); a count outside the dynamic graph's range runs vLLM's
-graph eagerly (``eager_fallbacks``). All three are counted, the last two logged once per count.
+vLLM's whole graph arrives cut at its attention ops (``regions``); every distinct piece gets one
+AOTInductor graph per planned token count and one dynamic-shape graph. vLLM calls the function
+with the same arguments as its graph, at the real token count of each step (the CPU runner does
+not pad, and attention metadata is sized to the real count, so nothing can be padded here). A
+count with its own graphs runs them (``replays``); any other count runs the dynamic-shape
+graphs (``dynamic_calls``); a count outside the dynamic graphs' range runs vLLM's pieces
+eagerly (``eager_fallbacks``). All three are counted per call, the last two logged once per count.
 
-Graphs are built on the first call, from its real arguments: loaded from warmgraph's graph
-cache, or compiled (then stored) on a miss, through the runtime's ``GraphBuilder``, so per-key
-locks keep concurrent processes from compiling a key twice and a damaged entry is recompiled.
+Graphs are built on the first call: loaded from warmgraph's graph cache, or compiled (then
+stored) on a miss, through the runtime's ``GraphBuilder``, so per-key locks keep concurrent
+processes from compiling a key twice and a damaged entry is recompiled. The inputs they are
+compiled with are blank tensors of the traced specs (``VllmGraph.blank``).
 
 It is a torch ``SerializableCallable``: vLLM's AOT path (on by default with torch >= 2.10)
 saves it in its own artifact, and a warm start loads it without running Dynamo. The artifact
-holds vLLM's graph (pickled with vLLM's own graph pickler), the input layout and the plan, never
-compiled code: the graphs stay in warmgraph's cache, where ``warmgraph cache`` sees them.
+holds vLLM's graph cut in pieces (pickled with vLLM's own graph pickler), the input layouts and
+the plan, never compiled code: the graphs stay in warmgraph's cache, where ``warmgraph cache``
+sees them.
 """
 
 from __future__ import annotations
@@ -32,14 +36,15 @@ from torch._dynamo.aot_compile_types import SerializableCallable
 from warmgraph.compiler.aot import AOTBackend
 from warmgraph.compiler.fingerprint import Fingerprint
 from warmgraph.graph_cache.store import GraphCache
-from warmgraph.integrations.vllm.graph import Slot, VllmGraph
+from warmgraph.integrations.vllm.graph import VllmGraph
 from warmgraph.integrations.vllm.layer_names import restore_twins
+from warmgraph.integrations.vllm.regions import DYNAMIC, EAGER, Region, Regions
 from warmgraph.integrations.vllm.workers import Job, compile_missing, default_workers
 from warmgraph.runtime.builder import BuildResult, GraphBuilder
 from warmgraph.runtime.counters import Counters
 
 log = logging.getLogger("vllm.warmgraph")  # under "vllm": printed by vLLM's own log handler
-STATE_VERSION = 2
+STATE_VERSION = 3  # 3: the graph cut in pieces (regions.py)
 # vLLM settings about its own caching and process layout: they never change the graph's code.
 _ENV_IGNORED = frozenset({
     "VLLM_USE_AOT_COMPILE", "VLLM_USE_BYTECODE_HOOK", "VLLM_USE_MEGA_AOT_ARTIFACT", "VLLM_USE_STANDALONE_COMPILE",
@@ -71,9 +76,9 @@ def vllm_factors() -> dict[str, Any]:
 class WarmgraphFunction(SerializableCallable):
     """Dispatches vLLM's calls on their token count to warmgraph's graphs (see the module docstring)."""
 
-    def __init__(self, graph: VllmGraph, sizes: Sequence[int], max_tokens: int,
+    def __init__(self, regions: Regions, sizes: Sequence[int], max_tokens: int,
                  inductor_configs: dict[str, Any], extra_factors: dict[str, Any]) -> None:
-        self.graph = graph
+        self.regions = regions
         self.sizes = sorted({int(s) for s in sizes if 1 <= int(s) <= max_tokens})
         self.max_tokens = int(max_tokens)
         self.inductor_configs = dict(inductor_configs)
@@ -81,34 +86,35 @@ class WarmgraphFunction(SerializableCallable):
         self.counters = Counters()
         self.counters["dynamic_calls"] = 0
         self.builds: list[BuildResult] = []
+        self.build_pieces: list[int] = []  # for each build, the index of its distinct piece
         self.build_seconds = 0.0
         self.worker_compiles = 0
-        self._graphs: dict[int, Any] = {}
-        self._dynamic: Any = None
         self._built = False
         self._logged: set[int] = set()
         self._eager_logged: set[int] = set()
+        regions.install()
         _LIVE.add(self)
 
     # -- calls -------------------------------------------------------------------------------
 
     def __call__(self, *args: Any) -> Any:
         if not self._built:
-            self.build(args)
-        tokens = self.graph.tokens(args)
-        graph = self._graphs.get(tokens)
-        if graph is not None:
+            self.build()
+        tokens = self.regions.tokens(args)
+        if tokens in self.sizes:
             self.counters["replays"] += 1
-            return graph(*self.graph.tensors(args))
-        if self._dynamic is not None and 1 <= tokens <= self.max_tokens:
+            self.regions.choice = tokens
+        elif 1 <= tokens <= self.max_tokens:
             self.counters["dynamic_calls"] += 1
-            self._log_once(tokens, "warmgraph: %d tokens has no graph of its own; the dynamic graph serves it")
-            return self._dynamic(*self.graph.tensors(args))
-        self.counters["eager_fallbacks"] += 1
-        if tokens not in self._eager_logged:  # never expected: each count is worth a warning
-            self._eager_logged.add(tokens)
-            log.warning("warmgraph: %d tokens is outside every graph; vLLM's graph runs eagerly", tokens)
-        return self.graph.gm(*args)
+            self._log_once(tokens, "warmgraph: %d tokens has no graph of its own; the dynamic graphs serve it")
+            self.regions.choice = DYNAMIC
+        else:
+            self.counters["eager_fallbacks"] += 1
+            if tokens not in self._eager_logged:  # never expected: each count is worth a warning
+                self._eager_logged.add(tokens)
+                log.warning("warmgraph: %d tokens is outside every graph; vLLM's graph runs eagerly", tokens)
+            self.regions.choice = EAGER
+        return self.regions(*args)
 
     def _log_once(self, tokens: int, message: str) -> None:
         # The first count the dynamic graph serves is logged for everyone to see; later ones
@@ -119,48 +125,56 @@ class WarmgraphFunction(SerializableCallable):
 
     # -- building ----------------------------------------------------------------------------
 
-    def _builder(self, dynamic: bool, cache: GraphCache | None) -> GraphBuilder:
-        factors = {**self.graph.factors, **self.extra_factors, "dynamic": dynamic}
-        module = self.graph.module(dynamic, self.max_tokens)
+    def _builder(self, region: Region, dynamic: bool, cache: GraphCache | None) -> GraphBuilder:
+        factors = {**region.graph.factors, **self.extra_factors, "dynamic": dynamic}
+        module = region.graph.module(dynamic, self.max_tokens)
         backend = AOTBackend(self.inductor_configs)
         return GraphBuilder(module, backend, cache, self.counters, fingerprint=Fingerprint(factors))
 
-    def build(self, args: Sequence[Any]) -> None:
-        """Load or compile every planned size and the dynamic graph, from a real call's arguments.
+    def build(self) -> None:
+        """Load or compile every distinct piece's graphs: one per planned size, one dynamic.
 
         Missing graphs are compiled by forked workers first (``workers.compile_missing``), then
         everything is loaded here; ``compiles`` counts the workers' compiles too.
         """
         t0 = time.perf_counter()
         cache = GraphCache()
-        static, dynamic = self._builder(False, cache), self._builder(True, cache)
+        jobs: list[Job] = []
+        owners: list[Region] = []
         with torch.inference_mode(False), torch.no_grad():
-            jobs = [Job(static, (n,), self.graph.example(args, n)) for n in self.sizes]
-            jobs.append(Job(dynamic, (1, self.max_tokens), self.graph.example(args, self.max_tokens)))
-            reported: set[tuple[int, ...]] = set()
+            for index, region in enumerate(self.regions.regions):
+                static, dynamic = self._builder(region, False, cache), self._builder(region, True, cache)
+                for n in self.sizes:
+                    jobs.append(Job(static, (n,), region.graph.blank(n)))
+                jobs.append(Job(dynamic, (1, self.max_tokens), region.graph.blank(self.max_tokens)))
+                owners.extend([region] * (len(self.sizes) + 1))
+                self.build_pieces.extend([index] * (len(self.sizes) + 1))
+            reported: set[int] = set()
 
-            def on_done(job: Job, source: str, seconds: float) -> None:
-                reported.add(job.bucket)
-                _progress(len(reported), len(jobs), job.bucket, source, seconds)
+            def on_done(index: int, source: str, seconds: float) -> None:
+                reported.add(index)
+                _progress(len(reported), len(jobs), jobs[index].bucket, source, seconds)
 
             compiled = compile_missing(jobs, default_workers(), on_done)
             for counter in ("compiles", "cache_misses", "cache_writes"):
                 self.counters[counter] += compiled
-            for job in jobs:
+            for index, (job, region) in enumerate(zip(jobs, owners)):
                 result = job.builder.build(job.bucket, job.example)
                 self.builds.append(result)
                 if len(job.bucket) == 1:
-                    self._graphs[job.bucket[0]] = result.graph
+                    region.graphs[job.bucket[0]] = result.graph
                 else:
-                    self._dynamic = result.graph
-                if job.bucket not in reported:  # (the workers reported theirs as they finished)
-                    on_done(job, result.source, result.seconds)
+                    region.dynamic = result.graph
+                if index not in reported:  # (the workers reported theirs as they finished)
+                    on_done(index, result.source, result.seconds)
         self.worker_compiles = compiled
         self._built = True
         self.build_seconds = time.perf_counter() - t0
-        log.info("warmgraph: %d graphs for vLLM (sizes %s, and a dynamic one for 1-%d tokens): %d compiled "
-                 "(%d by workers), %d loaded, %.1f s", len(self.builds), self.sizes, self.max_tokens,
-                 self.counters["compiles"], compiled, self.counters["cache_hits"], self.build_seconds)
+        pieces = sum(len(r.names) for r in self.regions.regions)
+        log.info("warmgraph: %d graphs for vLLM's %d pieces (%d distinct; sizes %s, and a dynamic one for 1-%d "
+                 "tokens): %d compiled (%d by workers), %d loaded, %.1f s", len(self.builds), pieces,
+                 len(self.regions.regions), self.sizes, self.max_tokens, self.counters["compiles"], compiled,
+                 self.counters["cache_hits"], self.build_seconds)
         _report(self)
 
     def finalize_loading(self, vllm_config: Any) -> None:
@@ -176,19 +190,29 @@ class WarmgraphFunction(SerializableCallable):
 
     @classmethod
     def serialize_compile_artifacts(cls, fn: WarmgraphFunction) -> bytes:
-        """vLLM's graph (pickled by vLLM's own graph pickler), its slots, factors and the plan."""
+        """vLLM's graph cut in pieces (pickled by vLLM's own graph pickler), each distinct piece's
+        slots and factors, and the plan."""
         from vllm.compilation.caching import VllmSerializableFunction
 
-        for node in fn.graph.gm.graph.nodes:
-            # Nothing reads the metadata again (export re-traces the graph, the slots and factors
-            # are kept apart), and with it a 30-layer graph took seconds more to pickle and load.
-            node.meta.clear()
+        split_gm = fn.regions.split_gm
+        for module in split_gm.modules():
+            if isinstance(module, torch.fx.GraphModule):
+                for node in module.graph.nodes:
+                    # Nothing reads the metadata again (export re-traces each piece, the slots and
+                    # factors are kept apart), and with it a 30-layer graph took seconds more to
+                    # pickle and load.
+                    node.meta.clear()
+        shadowed = {name: split_gm.__dict__.pop(name) for r in fn.regions.regions for name in r.names}
+        try:
+            gm_bytes = VllmSerializableFunction.serialize_graph_module(split_gm)
+        finally:
+            split_gm.__dict__.update(shadowed)
         state = {
             "version": STATE_VERSION,
-            "gm": VllmSerializableFunction.serialize_graph_module(fn.graph.gm),
-            "slots": fn.graph.slots,
-            "twinned_ops": fn.graph.twinned_ops,
-            "factors": fn.graph.factors,
+            "split_gm": gm_bytes,
+            "source": fn.regions.source,
+            "regions": [{"names": r.names, "slots": r.graph.slots, "factors": r.graph.factors,
+                         "twinned_ops": r.graph.twinned_ops} for r in fn.regions.regions],
             "sizes": fn.sizes,
             "max_tokens": fn.max_tokens,
             "inductor_configs": fn.inductor_configs,
@@ -207,13 +231,23 @@ class WarmgraphFunction(SerializableCallable):
         state = pickle.loads(data)
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"warmgraph artifact version {state.get('version')} is not {STATE_VERSION}")
-        restore_twins(state["twinned_ops"])  # the graph calls them: they must exist before it loads
-        gm = VllmSerializableFunction.deserialize_graph_module(state["gm"], FakeTensorMode(shape_env=ShapeEnv()))
-        slots: list[Slot] = state["slots"]
-        graph = VllmGraph.restore(gm, slots, state["factors"], state["twinned_ops"])
-        fn = cls(graph, state["sizes"], state["max_tokens"], state["inductor_configs"], state["extra_factors"])
-        log.info("warmgraph: vLLM's graph (%d nodes) restored from its artifact in %.2f s", len(gm.graph.nodes),
-                 time.perf_counter() - t0)
+        for saved in state["regions"]:
+            restore_twins(saved["twinned_ops"])  # the pieces call them: they must exist before they load
+        split_gm = VllmSerializableFunction.deserialize_graph_module(state["split_gm"],
+                                                                     FakeTensorMode(shape_env=ShapeEnv()))
+        for module in split_gm.modules():  # vLLM cuts with lazy graph modules: no forward until recompiled
+            if isinstance(module, torch.fx.GraphModule):
+                module.recompile()
+        regions = []
+        for saved in state["regions"]:
+            piece = split_gm._modules[saved["names"][0]]
+            graph = VllmGraph.restore(piece, saved["slots"], saved["factors"], saved["twinned_ops"])
+            regions.append(Region(graph, list(saved["names"])))
+        fn = cls(Regions(split_gm, regions, tuple(state["source"])), state["sizes"], state["max_tokens"],
+                 state["inductor_configs"], state["extra_factors"])
+        nodes = sum(len(m.graph.nodes) for m in split_gm.modules() if isinstance(m, torch.fx.GraphModule))
+        log.info("warmgraph: vLLM's graph (%d nodes in %d pieces) restored from its artifact in %.2f s", nodes,
+                 len(split_gm._modules), time.perf_counter() - t0)
         return fn
 
 
@@ -226,10 +260,11 @@ def _progress(done: int, total: int, bucket: tuple[int, ...], source: str, secon
 
 def _report(fn: WarmgraphFunction) -> None:
     _emit({"event": "build", "sizes": fn.sizes, "max_tokens": fn.max_tokens,
+           "pieces": [len(r.names) for r in fn.regions.regions],
            "build_seconds": round(fn.build_seconds, 3), "worker_compiles": fn.worker_compiles,
            "counters": dict(fn.counters),
-           "graphs": [{"bucket": list(b.bucket), "source": b.source, "seconds": round(b.seconds, 3),
-                       "bytes": b.graph_bytes} for b in fn.builds]})
+           "graphs": [{"piece": piece, "bucket": list(b.bucket), "source": b.source, "seconds": round(b.seconds, 3),
+                       "bytes": b.graph_bytes} for piece, b in zip(fn.build_pieces, fn.builds)]})
 
 
 def _emit(record: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""vLLM's whole-model FX graph, made exportable at one token count or at all of them.
+"""vLLM's FX graph (or a piece of it), made exportable at one token count or at all of them.
 
 In mode 2 (DYNAMO_TRACE_ONCE) vLLM hands its backend ``(gm, example_inputs)`` once per
 process: every weight is a graph input (``gm`` holds no parameters), the token count enters as
@@ -11,8 +11,9 @@ each SymInt is read back from the dim of the tensor that carries its symbol. Tha
 makes the static and the dynamic graph take the same arguments.
 
 ``VllmGraph`` describes the graph for the cache key (its code and placeholder specs, never
-weight values or handle values) and builds example inputs for any token count from the
-arguments of a real call.
+weight values or handle values: its computation, by ``structure``, so that the same piece of
+two layers is one key) and makes inputs to compile with for any token count: blank tensors of
+the traced specs, strides included (``blank``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import sympy
 import torch
 
 from warmgraph.errors import WarmgraphError
@@ -131,19 +133,17 @@ class VllmGraph:
     def tensors(self, args: Sequence[Any]) -> list[torch.Tensor]:
         return [a for s, a in zip(self.slots, args) if s.kind == "tensor"]
 
-    def example(self, args: Sequence[Any], tokens: int) -> list[torch.Tensor]:
-        """Tensor inputs for ``tokens`` tokens made from a real call's: views where the call had as
-        many or more, zeros where it had fewer (the values never matter to compiling)."""
+    def blank(self, tokens: int) -> list[torch.Tensor]:
+        """Uninitialised tensor inputs for ``tokens`` tokens, with the shapes, strides, dtypes and
+        devices of the traced ones: all compiling needs (nothing runs the graph on them, and
+        ``torch.empty`` only reserves memory)."""
         out = []
-        for slot, t in zip([s for s in self.slots if s.kind == "tensor"], self.tensors(args)):
-            for dim in slot.dynamic_dims:
-                if t.shape[dim] >= tokens:
-                    t = t.narrow(dim, 0, tokens)
-                else:
-                    shape = list(t.shape)
-                    shape[dim] = tokens
-                    t = torch.zeros(shape, dtype=t.dtype, device=t.device)
-            out.append(t)
+        for spec in self.factors["inputs"]:
+            shape = [tokens if s == "T" else s for s in spec["shape"]]
+            stride = [_at(s, tokens) for s in spec["stride"]]
+            device = torch.device(spec["device"])
+            out.append(torch.empty_strided(shape, stride, dtype=getattr(torch, spec["dtype"].split(".")[-1]),
+                                           device=device))
         return out
 
     def module(self, dynamic: bool, max_tokens: int, min_tokens: int = 1) -> ExportModule:
@@ -155,11 +155,25 @@ def _factors(gm: torch.fx.GraphModule, slots: list[Slot], metas: list[torch.Tens
     specs = []
     for slot, meta in zip([s for s in slots if s.kind == "tensor"], metas):
         shape = ["T" if d in slot.dynamic_dims else int(s) for d, s in enumerate(meta.shape)]
-        specs.append({"shape": shape, "dtype": str(meta.dtype), "device": meta.device.type})
+        specs.append({"shape": shape, "stride": [_in_tokens(s) for s in meta.stride()], "dtype": str(meta.dtype),
+                      "device": meta.device.type})
     constants = [repr(s.value) for s in slots if s.kind == "constant"]
     code = hashlib.sha256(structure(gm).encode()).hexdigest()
     return {"name": "vllm-model", "code": code, "inputs": specs, "constants": constants,
             "layout": [s.kind for s in slots]}
+
+
+def _in_tokens(value: Any) -> int | str:
+    """A size or stride as an int, or as an expression in T, the token count (every symbol in
+    vLLM's graph is the token count: ``VllmGraph`` refuses any other)."""
+    if not isinstance(value, torch.SymInt):
+        return int(value)
+    expr = value.node.expr
+    return str(expr.subs({symbol: sympy.Symbol("T") for symbol in expr.free_symbols}))
+
+
+def _at(value: int | str, tokens: int) -> int:
+    return value if isinstance(value, int) else int(sympy.sympify(value).subs("T", tokens))
 
 
 def structure(gm: torch.fx.GraphModule) -> str:

@@ -28,7 +28,7 @@ from warmgraph.compiler.aot import AOTBackend
 from warmgraph.compiler.fingerprint import Fingerprint
 from warmgraph.graph_cache.store import GraphCache
 from warmgraph.integrations.vllm import CPU_INDUCTOR_CONFIGS, INDUCTOR_CONFIGS
-from warmgraph.integrations.vllm.function import vllm_factors
+from warmgraph.integrations.vllm.function import _emit, vllm_factors
 from warmgraph.integrations.vllm.graph import VllmGraph
 from warmgraph.runtime.builder import GraphBuilder
 from warmgraph.runtime.counters import Counters
@@ -46,6 +46,7 @@ class WarmgraphCompiler(CompilerInterface):
 
     def __init__(self) -> None:
         self.cache: GraphCache | None = GraphCache()
+        self.built = 0  # pieces built or loaded by this compiler, reported as they finish
 
     def compute_hash(self, vllm_config: Any) -> str:
         text = json.dumps({"warmgraph": __version__, "inductor": CPU_INDUCTOR_CONFIGS}, sort_keys=True)
@@ -78,20 +79,20 @@ class WarmgraphCompiler(CompilerInterface):
         # vLLM compiles pieces inside Dynamo's trace: without leaving its TracingContext, export
         # would reuse that trace's (frozen) ShapeEnv and drop the token-dim equalities it derives
         with unset_fake_temporarily(), torch._guards.tracing(None):
-            # real, uninitialised tensors of the same specs compile the same graph (torch.empty
-            # only reserves memory: weight-sized inputs cost no RAM)
-            real = [_real(x, end) for x in example_inputs]
-            on_cpu = all(t.device.type == "cpu" for t in real if isinstance(t, torch.Tensor))
+            example = vg.blank(end)  # blank tensors of the traced specs: all compiling needs
+            on_cpu = all(t.device.type == "cpu" for t in example)
             factors = {**vg.factors, **vllm_factors(), "dynamic": dynamic, "piecewise": True}
             backend = AOTBackend(CPU_INDUCTOR_CONFIGS if on_cpu else INDUCTOR_CONFIGS)
             builder = GraphBuilder(vg.module(dynamic, end, start), backend, self.cache, COUNTERS,
                                    fingerprint=Fingerprint(factors))
             bucket = (start, end) if dynamic else (start,)
-            example = vg.example(real, end)
             with torch.no_grad():
                 result = builder.build(bucket, example)
             key = builder.key(bucket, example)
         compiled = result.graph
+        self.built += 1
+        _emit({"event": "piece", "done": self.built, "bucket": list(bucket), "source": result.source,
+               "seconds": round(result.seconds, 3), "bytes": result.graph_bytes, "counters": dict(COUNTERS)})
         counter = "dynamic_calls" if dynamic else "replays"
         log.debug("warmgraph: piece for %s tokens from %s (key %s)", compile_range, result.source,
                   key.hash[:12] if key is not None else "-")
@@ -102,10 +103,3 @@ class WarmgraphCompiler(CompilerInterface):
 
         return run, (HANDLE_TAG, key.hash if key is not None else "")
 
-
-def _real(value: Any, tokens: int) -> Any:
-    """A real tensor for a fake one, its symbolic (token) dims at ``tokens``; other values as they are."""
-    if isinstance(value, torch.Tensor):
-        shape = [tokens if isinstance(s, torch.SymInt) else int(s) for s in value.shape]
-        return torch.empty(shape, dtype=value.dtype, device=value.device)
-    return value

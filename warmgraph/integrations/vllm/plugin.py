@@ -75,19 +75,27 @@ def register() -> None:
         if wanted == "graph":
             use_backend(vllm_config.compilation_config)
         elif wanted == "piecewise":
-            use_piecewise(vllm_config.compilation_config, asked)
+            use_piecewise(vllm_config.compilation_config, asked, current_platform.is_cpu())
 
     def get_compile_backend(cls: type) -> str:
+        # vLLM asks twice: for a config's default backend (answered as the platform would, so
+        # the config is vLLM's own), and, compiling, for the compiler of a config whose backend
+        # is neither "inductor" nor "eager": warmgraph's, where use_piecewise put it there.
+        from vllm.config import get_current_vllm_config_or_none
+
         from warmgraph.integrations.vllm import PIECEWISE
 
-        return PIECEWISE if setting() == "piecewise" else original_backend.__func__(cls)
+        config = get_current_vllm_config_or_none()
+        if config is not None and config.compilation_config.backend == PIECEWISE:
+            return PIECEWISE
+        return original_backend.__func__(cls)
 
     check_and_update_config._warmgraph = True  # type: ignore[attr-defined]
     platform.check_and_update_config = classmethod(check_and_update_config)  # type: ignore[method-assign]
     platform.get_compile_backend = classmethod(get_compile_backend)  # type: ignore[method-assign]
 
 
-def use_piecewise(compilation_config: Any, asked: Any) -> bool:
+def use_piecewise(compilation_config: Any, asked: Any, on_cpu: bool) -> bool:
     """Keep (or restore) mode 3 with warmgraph's ``CompilerInterface``; True when it did. vLLM's
     CPU platform turns mode 3 into mode 2 with Inductor; with ``piecewise`` that is undone."""
     from vllm.config import CompilationMode
@@ -103,6 +111,13 @@ def use_piecewise(compilation_config: Any, asked: Any) -> bool:
     if compilation_config.compile_sizes is None:
         # vLLM completes the sizes only where CUDA graphs are in use; its piecewise runner needs a list
         compilation_config.post_init_cudagraph_sizes()
+    if on_cpu:
+        # vLLM never runs mode 3 on CPU, and the fusion passes its defaults may have turned on
+        # (with `vllm serve`'s arguments they do) are only imported on GPUs: running them fails
+        # with a NameError. They fuse FP8 quantisation and collectives, none of which is here.
+        passes = compilation_config.pass_config
+        for name in [n for n, v in vars(passes).items() if n.startswith(("fuse_", "enable_")) and v is True]:
+            setattr(passes, name, False)
     log.info("warmgraph: vLLM compiles each piece through warmgraph (WARMGRAPH_VLLM=piecewise)")
     return True
 

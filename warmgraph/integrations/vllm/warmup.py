@@ -51,9 +51,9 @@ def check_model(model: str) -> None:
         raise WarmgraphError(f"{model} is not a model directory; give a local Hugging Face directory or a model id")
 
 
-def _prepare_environment(workers: int | None, sizes: str | None, cache_dir: str | None) -> None:
+def _prepare_environment(workers: int | None, sizes: str | None, cache_dir: str | None, piecewise: bool) -> None:
     """Set what the engine reads at import: must run before vLLM is imported."""
-    os.environ["WARMGRAPH_VLLM"] = "1"
+    os.environ["WARMGRAPH_VLLM"] = "piecewise" if piecewise else "1"
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     if workers is not None:
         os.environ["WARMGRAPH_VLLM_WORKERS"] = str(workers)
@@ -82,16 +82,19 @@ def engine_args(model: str, vllm_args: Sequence[str]) -> Any:
 
 def warmup(model: str, vllm_args: Sequence[str] = (), *, target: str = "serve", prompt: str = "Hello",
            max_tokens: int = 4, workers: int | None = None, sizes: str | None = None, cache_dir: str | None = None,
+           piecewise: bool = False,
            on_graph: Callable[[int, int, tuple[int, ...], str, float], None] | None = None) -> dict[str, Any]:
     """Start vLLM's engine for ``model`` with ``vllm_args`` through warmgraph's backend, generate
-    ``max_tokens`` tokens greedily from ``prompt``, shut it down; returns what happened.
+    ``max_tokens`` tokens greedily from ``prompt``, shut it down; returns what happened. With
+    ``piecewise``, vLLM's mode 3 compiles its pieces through warmgraph (``WARMGRAPH_VLLM=piecewise``);
+    ``on_graph`` then gets a total of 0 (vLLM does not say how many pieces are coming).
 
     Raises WarmgraphError when vLLM is missing, the target is unknown, or the backend never ran
     (a configuration that does not compile, such as ``--enforce-eager``).
     """
     if target not in TARGETS:
         raise WarmgraphError(f"--for {target!r} is not one of {', '.join(TARGETS)}")
-    _prepare_environment(workers, sizes, cache_dir)
+    _prepare_environment(workers, sizes, cache_dir, piecewise)
     try:
         from vllm import SamplingParams
         from vllm.usage.usage_lib import UsageContext
@@ -126,22 +129,34 @@ def warmup(model: str, vllm_args: Sequence[str] = (), *, target: str = "serve", 
                 os.environ.pop("WARMGRAPH_VLLM_REPORT", None)
             else:
                 os.environ["WARMGRAPH_VLLM_REPORT"] = previous
-        builds = [r for r in _records(report) if r.get("event") == "build"]
-    if not builds:
+        records = _records(report)
+    builds = [r for r in records if r.get("event") == "build"]
+    pieces = [r for r in records if r.get("event") == "piece"]
+    if not builds and not pieces:
         raise WarmgraphError("vLLM never called warmgraph's backend: this configuration does not compile "
                              "(--enforce-eager, -O0 or a compilation mode other than the default or 2)")
-    build = builds[-1]
-    counters = build["counters"]
-    return {
-        "model": model, "target": target, "vllm_args": list(vllm_args),
-        "sizes": build["sizes"], "max_tokens": build["max_tokens"], "graphs": build["graphs"],
-        "compiled": counters["compiles"], "loaded": counters["cache_hits"],
-        "worker_compiles": build["worker_compiles"], "build_seconds": build["build_seconds"],
+    common = {
+        "model": model, "target": target, "vllm_args": list(vllm_args), "mode": 3 if pieces else 2,
         "engine_init_seconds": round(init_seconds, 3), "seconds": round(time.perf_counter() - t0, 3),
-        "counters": counters, "prompt": prompt, "token_ids": tokens, "text": text,
+        "prompt": prompt, "token_ids": tokens, "text": text,
         "vllm_aot_dir": artifact, "vllm_aot_written": artifact is not None,
         "cache": os.environ.get("WARMGRAPH_CACHE_DIR") or _default_root(),
     }
+    if pieces:  # mode 3: one record per piece and range, in vLLM's order; no workers
+        counters = pieces[-1]["counters"]
+        return {**common, "sizes": None, "max_tokens": max(p["bucket"][-1] for p in pieces),
+                "graphs": [{"piece": p["done"], "bucket": p["bucket"], "source": p["source"],
+                            "seconds": p["seconds"], "bytes": p["bytes"]} for p in pieces],
+                "pieces": [1] * len(pieces),
+                "compiled": counters["compiles"], "loaded": counters["cache_hits"], "worker_compiles": 0,
+                "build_seconds": round(sum(p["seconds"] for p in pieces), 3), "counters": counters}
+    build = builds[-1]
+    counters = build["counters"]
+    return {**common, "sizes": build["sizes"], "max_tokens": build["max_tokens"], "graphs": build["graphs"],
+            "pieces": build["pieces"],
+            "compiled": counters["compiles"], "loaded": counters["cache_hits"],
+            "worker_compiles": build["worker_compiles"], "build_seconds": build["build_seconds"],
+            "counters": counters}
 
 
 def _newest_aot_artifact(since: float) -> str | None:
@@ -182,10 +197,10 @@ class _Follower(threading.Thread):
 
     def poll(self) -> None:
         """Report the graphs recorded since the last poll."""
-        records = [r for r in _records(self.path) if r.get("event") == "graph"]
+        records = [r for r in _records(self.path) if r.get("event") in ("graph", "piece")]
         for r in records[self._seen:]:
             if self.on_graph is not None:
-                self.on_graph(r["done"], r["total"], tuple(r["bucket"]), r["source"], r["seconds"])
+                self.on_graph(r["done"], r.get("total", 0), tuple(r["bucket"]), r["source"], r["seconds"])
         self._seen = len(records)
 
     def stop(self) -> None:

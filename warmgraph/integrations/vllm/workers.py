@@ -53,8 +53,9 @@ def default_workers(env: dict[str, str] | None = None) -> int:
     return _all_cores()
 
 
-def _child(jobs: list[Job], write_fd: int) -> None:
-    """A forked worker: build ``jobs`` one after another, report each on the pipe, never return."""
+def _child(jobs: list[tuple[int, Job]], write_fd: int) -> None:
+    """A forked worker: build ``jobs`` (index, job) one after another, report each on the pipe by
+    its index, never return."""
     code = 1
     try:
         if hasattr(os, "sched_setaffinity"):
@@ -63,9 +64,9 @@ def _child(jobs: list[Job], write_fd: int) -> None:
             with contextlib.suppress(OSError):  # a cpuset that does not allow it: keep the inherited cores
                 os.sched_setaffinity(0, range(_all_cores()))
         with os.fdopen(write_fd, "w") as pipe:
-            for job in jobs:
+            for index, job in jobs:
                 result = job.builder.build(job.bucket, job.example)
-                pipe.write(json.dumps([list(job.bucket), result.source, result.seconds]) + "\n")
+                pipe.write(json.dumps([index, result.source, result.seconds]) + "\n")
                 pipe.flush()
         code = 0
     except BaseException:  # a worker never unwinds into its parent's code (it is a copy of vLLM)
@@ -75,19 +76,19 @@ def _child(jobs: list[Job], write_fd: int) -> None:
 
 
 def compile_missing(jobs: Sequence[Job], workers: int,
-                    on_done: Callable[[Job, str, float], None] | None = None) -> int:
+                    on_done: Callable[[int, str, float], None] | None = None) -> int:
     """Build the jobs whose graphs the cache lacks in up to ``workers`` forked processes.
 
+    ``on_done(index, source, seconds)`` is called as each finishes, ``index`` into ``jobs``.
     Returns how many graphs the workers compiled. Does nothing (returns 0) when fewer than two
     are missing, when one worker is asked for, or where there is no ``fork``: the caller's own
     builds then compile them one after another. Plain ``os.fork``, not ``multiprocessing``:
     vLLM runs the model in a daemonic process, which multiprocessing forbids to have children.
     """
-    missing = [job for job in jobs if not job.builder.cached(job.bucket, job.example)]
+    missing = [(i, job) for i, job in enumerate(jobs) if not job.builder.cached(job.bucket, job.example)]
     workers = min(workers, len(missing))
     if workers < 2 or not hasattr(os, "fork"):
         return 0
-    by_bucket = {tuple(job.bucket): job for job in missing}
     children = []
     for w in range(workers):
         read_fd, write_fd = os.pipe()
@@ -105,10 +106,10 @@ def compile_missing(jobs: Sequence[Job], workers: int,
             unread.discard(read_fd)
             with os.fdopen(read_fd) as pipe:
                 for line in pipe:
-                    bucket, source, seconds = json.loads(line)
+                    index, source, seconds = json.loads(line)
                     compiled += source == "compiled"
                     if on_done is not None:
-                        on_done(by_bucket[tuple(bucket)], source, seconds)
+                        on_done(index, source, seconds)
             code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
             running.discard(pid)
             if code != 0:  # what it finished is in the cache; the caller compiles the rest
