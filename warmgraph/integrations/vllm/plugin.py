@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 from warmgraph.errors import WarmgraphError
@@ -78,15 +79,16 @@ def register() -> None:
             use_piecewise(vllm_config.compilation_config, asked, current_platform.is_cpu())
 
     def get_compile_backend(cls: type) -> str:
-        # vLLM asks twice: for a config's default backend (answered as the platform would, so
-        # the config is vLLM's own), and, compiling, for the compiler of a config whose backend
-        # is neither "inductor" nor "eager": warmgraph's, where use_piecewise put it there.
-        from vllm.config import get_current_vllm_config_or_none
+        # vLLM asks in two places: a CompilationConfig filling in its default backend (answered
+        # as the platform would, so that the config is vLLM's own: another backend there turns
+        # all custom ops on), and make_compiler, for a config whose backend is neither
+        # "inductor" nor "eager" (use_piecewise put warmgraph's there), at compile and at load.
+        from vllm.config import CompilationConfig
 
         from warmgraph.integrations.vllm import PIECEWISE
 
-        config = get_current_vllm_config_or_none()
-        if config is not None and config.compilation_config.backend == PIECEWISE:
+        caller = sys._getframe(1).f_locals.get("self")
+        if setting() == "piecewise" and not isinstance(caller, CompilationConfig):
             return PIECEWISE
         return original_backend.__func__(cls)
 
