@@ -7,7 +7,7 @@ import torch
 
 from warmgraph.errors import WarmgraphError
 from warmgraph.integrations.vllm.graph import structure
-from warmgraph.integrations.vllm.plan import dynamic_max, parse_sizes
+from warmgraph.integrations.vllm.plan import cut_graph, dynamic_max, parse_sizes
 from warmgraph.integrations.vllm.plugin import enabled, setting
 
 
@@ -17,6 +17,9 @@ def test_sizes_parse_and_refuse() -> None:
         with pytest.raises(WarmgraphError, match="WARMGRAPH_VLLM_SIZES"):
             parse_sizes(bad)
     assert dynamic_max(2048) == 16384 and dynamic_max(32768) == 32768
+    assert cut_graph({}) is True and cut_graph({"WARMGRAPH_VLLM_CUT": "0"}) is False
+    with pytest.raises(WarmgraphError, match="WARMGRAPH_VLLM_CUT"):
+        cut_graph({"WARMGRAPH_VLLM_CUT": "layers"})
 
 
 def test_plugin_switch() -> None:

@@ -33,11 +33,11 @@ def backend(gm: Any, example_inputs: Sequence[Any]) -> Any:
     WarmgraphError for a graph it cannot serve.
     """
     from warmgraph.integrations.vllm.function import WarmgraphFunction, vllm_factors
-    from warmgraph.integrations.vllm.plan import dynamic_max, plan_sizes
+    from warmgraph.integrations.vllm.plan import cut_graph, dynamic_max, plan_sizes
     from warmgraph.integrations.vllm.regions import Regions
 
     config = current_config()
-    regions = Regions.split(gm, example_inputs)
+    regions = Regions.split(gm, example_inputs, cut=cut_graph())
     on_cpu = all(a.device.type == "cpu" for a in example_inputs if hasattr(a, "device"))
     inductor = CPU_INDUCTOR_CONFIGS if on_cpu else INDUCTOR_CONFIGS
     max_tokens = dynamic_max(config.scheduler_config.max_num_batched_tokens)

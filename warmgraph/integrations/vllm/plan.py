@@ -48,3 +48,17 @@ def plan_sizes(vllm_config: Any, env: dict[str, str] | None = None) -> list[int]
     else:
         sizes = list(vllm_config.compilation_config.cudagraph_capture_sizes or [])
     return sorted({s for s in sizes if s <= max_tokens})
+
+
+def cut_graph(env: dict[str, str] | None = None) -> bool:
+    """``WARMGRAPH_VLLM_CUT``: whether the backend cuts vLLM's graph at its attention ops (1, the
+    default: each distinct piece compiled once, a fraction of the cold start) or compiles it
+    whole (0: one graph, fused across the attention boundaries). WarmgraphError for another value."""
+    env = os.environ if env is None else env
+    value = env.get("WARMGRAPH_VLLM_CUT", "1").strip().lower()
+    if value in ("1", "true", "on", "yes", ""):
+        return True
+    if value in ("0", "false", "off", "no"):
+        return False
+    raise WarmgraphError(f"WARMGRAPH_VLLM_CUT={value!r} is not understood; use 1 to cut vLLM's graph at its "
+                         "attention ops (the default) or 0 to compile it whole")

@@ -87,13 +87,14 @@ class Regions:
         self.choice: int | None = EAGER
 
     @classmethod
-    def split(cls, gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> Regions:
-        """Cut ``gm`` (a graph vLLM handed its mode-2 backend, metadata intact) at vLLM's attention ops."""
+    def split(cls, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cut: bool = True) -> Regions:
+        """Cut ``gm`` (a graph vLLM handed its mode-2 backend, metadata intact) at vLLM's attention
+        ops; with ``cut`` False it stays one piece (the whole graph)."""
         from vllm.compilation.backends import split_graph
 
         strip_data_attr(gm)
         source = token_source(gm, example_inputs)
-        split_gm, items = split_graph(gm, splitting_ops())
+        split_gm, items = split_graph(gm, splitting_ops() if cut else [])
         examples = _piece_examples(split_gm, example_inputs)
         regions: dict[str, Region] = {}  # by the piece's structure and specs
         for item in items:
