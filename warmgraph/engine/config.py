@@ -15,6 +15,7 @@ from warmgraph.bucketing.plans import STRATEGIES, ServingConfig
 from warmgraph.compiler.base import Backend
 from warmgraph.compiler.registry import DEVICES as REGISTRY_DEVICES
 from warmgraph.errors import ConfigError
+from warmgraph.quant.settings import Fp8Settings
 
 DEVICES = ("auto", *REGISTRY_DEVICES)
 
@@ -92,6 +93,7 @@ class EngineConfig:
     device: str = "auto"
     cache: Any = True
     threads: int | None = None  # torch threads for this process; None: leave torch's setting
+    fp8: Fp8Settings | None = None  # FP8 checkpoints only; None: from the environment (Fp8Settings.from_env)
 
     def __post_init__(self) -> None:
         if not isinstance(self.serving, ServingConfig):

@@ -33,6 +33,10 @@ from warmgraph.errors import CacheWriteError, ConfigError
 from warmgraph.models.config import dtype_name
 from warmgraph.models.layer_inputs import LayerInputs, flatten_state, kv_cache_shape
 from warmgraph.models.llama import LlamaForCausalLM
+from warmgraph.quant.fp8 import NUM_SLOTS, Fp8Scales, fp8_math
+from warmgraph.quant.model import SCALES_BUFFER, is_fp8, layer_vectors, set_math
+from warmgraph.quant.settings import Fp8Settings
+from warmgraph.quant.variants import VariantPlan, plan_variants
 from warmgraph.runtime.report import BucketWarmup, WarmupReport
 from warmgraph.runtime.runner import graph_cache
 
@@ -70,20 +74,38 @@ class Engine:
                     torch.zeros(shape, dtype=weights.dtype, device=self.device))
                    for _ in range(self.mc.num_hidden_layers)]
         self.layer_inputs = LayerInputs()
+        self.fp8_plan: VariantPlan | None = None
+        scales: list[Fp8Scales | None] = [None]
+        if is_fp8(self.model):
+            scales = self._fp8_variants(config.fp8 or Fp8Settings.from_env())
         per_layer = [[k, v, *self.layer_inputs.from_layer(layer)] for (k, v), layer in zip(self.kv, model.layers)]
         self.state = [weights.detach(), rotary.cos_cached, rotary.sin_cached, *flatten_state(per_layer)]
         self.rope_dtype = rotary.cos_cached.dtype
         cache = graph_cache(config.cache)
+        assignment = self.fp8_plan.assignment if self.fp8_plan else (0,) * self.mc.num_hidden_layers
         self.phases: dict[str, Phase] = {}
         for name, decode, buckets in (("prefill", False, self.plan.prompt), ("decode", True, self.plan.decode)):
-            k, v, *inputs = per_layer[0]
-            layer = layer_runner(self.mc, self.serving, decode, buckets, self.layer_backend, k, v, inputs,
-                                 self.rope_dtype, cache)
-            step = step_runner(layer, self.mc, self.serving, decode, buckets, self.step_backend, self.state,
+            layers = []
+            for index, fp8 in enumerate(scales):
+                k, v, *inputs = per_layer[assignment.index(index)]  # a layer of this variant: its shapes
+                layers.append(layer_runner(self.mc, self.serving, decode, buckets, self.layer_backend, k, v, inputs,
+                                           self.rope_dtype, cache, fp8))
+            by_layer = [layers[i] for i in assignment] if len(layers) > 1 else layers[0]
+            step = step_runner(by_layer, self.mc, self.serving, decode, buckets, self.step_backend, self.state,
                                len(per_layer[0]))
-            self.phases[name] = Phase(layer, step)
+            self.phases[name] = Phase(layers, step)
         self.last_schedule: list[tuple[str, tuple[int, ...]]] = []
         self.last_free_blocks = self.serving.num_blocks
+
+    def _fp8_variants(self, settings: Fp8Settings) -> list[Fp8Scales | None]:
+        """Plan the FP8 layer graphs (``quant.variants``) and hold the weights for the math the
+        device has; under runtime scale patching each layer's multipliers become a step input."""
+        math = fp8_math(self.device.type, settings.math)
+        set_math(self.model, math)
+        self.fp8_plan = plan_variants(layer_vectors(self.model), settings)
+        if settings.patching:
+            self.layer_inputs = LayerInputs(extra=((SCALES_BUFFER, lambda c: (NUM_SLOTS,)),))
+        return [Fp8Scales(math, v.drop, v.baked) for v in self.fp8_plan.variants]
 
     def _check_memory(self, kv_bytes: int) -> None:
         """Refuse a KV cache larger than the free memory of the device, before allocating it."""
@@ -118,7 +140,9 @@ class Engine:
         cache hits), everything a call does from the step runners (replays, fallbacks, captures)."""
         runner = "layer" if key in ("compiles", "cache_hits", "cache_misses", "cache_writes", "bytes_loaded",
                                     "recompiles") else "step"
-        return sum(getattr(p, runner).counters[key] for p in self.phases.values())
+        if runner == "step":
+            return sum(p.step.counters[key] for p in self.phases.values())
+        return sum(r.counters[key] for p in self.phases.values() for r in p.layers)
 
     # -- warmup ------------------------------------------------------------------------------
 
@@ -131,23 +155,27 @@ class Engine:
         """
         t0 = time.perf_counter()
         by_workers: dict[tuple[str, Bucket], float] = {}
-        if workers > 1 and self.prefill.layer.persists and self._workers_can_help():
+        # Workers rebuild layer graphs from the model config alone; FP8 variants are not in it.
+        if workers > 1 and self.fp8_plan is None and self.prefill.layer.persists and self._workers_can_help():
             jobs = [(name, b) for name, phase in self.phases.items() for b in phase.layer.missing_from_cache()]
             if len(jobs) > 1:
                 by_workers = self._compile_in_workers(jobs, workers, progress)
         entries = []
         buffer_bytes = 0
         for name, phase in self.phases.items():
-            built = {e.bucket: e for e in phase.layer.warmup(progress=progress).entries}
+            built = [{e.bucket: e for e in runner.warmup(progress=progress).entries} for runner in phase.layers]
             steps = {e.bucket: e for e in phase.step.warmup(progress=progress and self.step_backend.captures).entries}
             buffer_bytes += phase.step.buffers.nbytes if phase.step.buffers is not None else 0
-            for bucket, e in built.items():
-                seconds, source = e.seconds, e.source
-                if (name, bucket) in by_workers:  # compiled by a worker, loaded here
-                    seconds, source = by_workers[(name, bucket)], "compiled"
-                s = steps[bucket]
-                entries.append(BucketWarmup(bucket, seconds, source, s.captured, s.capture_seconds, e.graph_bytes,
-                                            s.device_bytes, phase=name))
+            for variant, by_bucket in enumerate(built):
+                for bucket, e in by_bucket.items():
+                    seconds, source = e.seconds, e.source
+                    if (name, bucket) in by_workers:  # compiled by a worker, loaded here
+                        seconds, source = by_workers[(name, bucket)], "compiled"
+                    s = steps[bucket]
+                    captured = s.captured and variant == 0  # a step is captured once, whatever its layers
+                    entries.append(BucketWarmup(bucket, seconds, source, captured, s.capture_seconds if captured
+                                                else 0.0, e.graph_bytes, s.device_bytes if captured else None,
+                                                phase=name, variant=variant if self.fp8_plan else None))
         return WarmupReport(self.backend_name, entries, time.perf_counter() - t0, buffer_bytes)
 
     def _workers_can_help(self) -> bool:

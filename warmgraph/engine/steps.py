@@ -32,6 +32,7 @@ from warmgraph.engine.scheduler import DecodeBatch, PrefillBatch
 from warmgraph.models.config import LlamaConfig
 from warmgraph.models.layer_inputs import LayerInputs
 from warmgraph.models.paged import DecodeStep, ModelStep, PrefillStep
+from warmgraph.quant.fp8 import Fp8Scales
 from warmgraph.runtime.dims import BOUND, Dims
 from warmgraph.runtime.runner import GraphRunner
 
@@ -42,10 +43,16 @@ _BQ = {0: "batch", 1: "query_len"}
 
 @dataclass
 class Phase:
-    """The two runners of one phase (see the module docstring)."""
+    """The runners of one phase (see the module docstring). ``layers`` holds every distinct
+    layer runner (more than one only for FP8 layers whose scales need graphs of their own);
+    ``layer`` is the first."""
 
-    layer: GraphRunner
+    layers: list[GraphRunner]
     step: GraphRunner
+
+    @property
+    def layer(self) -> GraphRunner:
+        return self.layers[0]
 
 
 def split_backend(backend: Backend) -> tuple[Backend, Backend]:
@@ -84,8 +91,9 @@ def _meta_examples(decode: bool, device: torch.device | str) -> list[torch.Tenso
 
 def layer_runner(mc: LlamaConfig, serving: ServingConfig, decode: bool, buckets: BucketSet, backend: Backend,
                  k_cache: torch.Tensor, v_cache: torch.Tensor, inputs: Sequence[torch.Tensor],
-                 rope_dtype: torch.dtype, cache: Any) -> GraphRunner:
-    """The layer runner of a phase; ``k_cache``/``v_cache``/``inputs`` are any layer's (or zeros)."""
+                 rope_dtype: torch.dtype, cache: Any, fp8: Fp8Scales | None = None) -> GraphRunner:
+    """The layer runner of a phase; ``k_cache``/``v_cache``/``inputs`` are any layer's (or zeros).
+    ``fp8``: the layers are FP8, with these multipliers (a bound input, or baked)."""
     device = k_cache.device
     hidden = torch.zeros(1, 1, mc.hidden_size, dtype=k_cache.dtype, device=device)
     rope = torch.zeros(1, 1, mc.head_dim, dtype=rope_dtype, device=device)  # type: ignore[arg-type]
@@ -93,13 +101,14 @@ def layer_runner(mc: LlamaConfig, serving: ServingConfig, decode: bool, buckets:
     state_dims: list[Any] = [BOUND] * (2 + len(inputs))
     meta_fill = dict(enumerate(_meta_fill(decode, serving.num_blocks), start=3))
     dims = Dims(inputs=[_BQ, _BQ, _BQ, *_meta_dims(decode), *state_dims], fill=meta_fill, outputs=[_BQ, _BQ, _BQ])
-    step = (DecodeStep if decode else PrefillStep)(mc, serving.block_size)
+    step = (DecodeStep if decode else PrefillStep)(mc, serving.block_size, fp8)
     return GraphRunner(step, buckets, example, backend, dims=dims, cache=cache)
 
 
-def step_runner(layer: GraphRunner, mc: LlamaConfig, serving: ServingConfig, decode: bool, buckets: BucketSet,
-                backend: Backend, state: Sequence[torch.Tensor], per_layer: int) -> GraphRunner:
-    """The step runner of a phase over ``state`` (embedding, cos and sin tables, then per layer)."""
+def step_runner(layer: GraphRunner | list[GraphRunner], mc: LlamaConfig, serving: ServingConfig, decode: bool,
+                buckets: BucketSet, backend: Backend, state: Sequence[torch.Tensor], per_layer: int) -> GraphRunner:
+    """The step runner of a phase over ``state`` (embedding, cos and sin tables, then per layer);
+    ``layer``: the layer runner of every layer, or a list with each layer's."""
     device = state[0].device
     scratch = serving.num_blocks
     ids = torch.zeros(1, 1, dtype=torch.long, device=device)

@@ -131,9 +131,23 @@ def _scan(files: list[Path]) -> dict[str, tuple[Path, tuple[int, ...], str]]:
 
 
 def _check_tensors(root: Path, config: LlamaConfig, found: dict[str, tuple[Path, tuple[int, ...], str]],
-                   weight_map: dict[str, str] | None) -> list[str]:
-    """The names to load; one-line WarmgraphError for anything missing, extra or mis-shaped."""
+                   weight_map: dict[str, str] | None, fp8: Any = None) -> list[str]:
+    """The names to load; one-line WarmgraphError for anything missing, extra or mis-shaped.
+    ``fp8`` (a ``quant.compressed_tensors.Fp8Format``): the decoder linears are FP8 with scales."""
     expected = expected_shapes(config)
+    quantized: set[str] = set()
+    if fp8 is not None:
+        from warmgraph.quant import compressed_tensors
+
+        scales = compressed_tensors.expected_scales(config)
+        quantized = set(compressed_tensors.quantized_weights(config)) | set(scales)
+        absent = [n for n in scales if n not in found]
+        if absent:
+            raise WarmgraphError(f"checkpoint {root} lacks {absent[0]}"
+                                 f"{f' and {len(absent) - 1} more scale(s)' if len(absent) > 1 else ''}: an FP8 "
+                                 "checkpoint needs static per-tensor weight and input scales (make one with "
+                                 "warmgraph quant calibrate)")
+        expected.update(scales)
     optional = {"lm_head.weight": (config.vocab_size, config.hidden_size)} if config.tie_word_embeddings else {}
     if weight_map is not None:
         for name, shard in sorted(weight_map.items()):
@@ -153,6 +167,12 @@ def _check_tensors(root: Path, config: LlamaConfig, found: dict[str, tuple[Path,
                              f"not use: {_listing(described)}; is it another architecture or a quantised export?")
     for name, shape in {**expected, **{n: s for n, s in optional.items() if n in found}}.items():
         file, got, storage = found[name]
+        if name in quantized:
+            compressed_tensors.check_tensor(name, got, storage, file.name)
+            if name.endswith(".weight") and got != shape:
+                raise WarmgraphError(f"tensor {name} in {file.name} has shape {list(got)}, expected {list(shape)} "
+                                     "from config.json")
+            continue
         if got != shape:
             raise WarmgraphError(f"tensor {name} in {file.name} has shape {list(got)}, expected {list(shape)} "
                                  "from config.json")
@@ -192,11 +212,16 @@ def load_checkpoint(path: str | os.PathLike[str],
         # "auto") still loads when the caller picks one.
         hf = {k: v for k, v in hf.items() if k != "dtype"} | {"torch_dtype": canonical_dtype(dtype)}
     config = LlamaConfig.from_hf(hf)
+    fp8 = None
+    if isinstance(hf, dict) and "quantization_config" in hf:
+        from warmgraph.quant.compressed_tensors import read_format
+
+        fp8 = read_format(hf)
     target = to_torch_dtype(config.torch_dtype)
     tokenizer = _read_tokenizer(root)
     files, weight_map = _weight_files(root)
     found = _scan(files)
-    names = _check_tensors(root, config, found, weight_map)
+    names = _check_tensors(root, config, found, weight_map, fp8)
     safe_open = _require("safetensors").safe_open
     state: dict[str, torch.Tensor] = {}
     by_file: dict[Path, list[str]] = {}
@@ -205,7 +230,15 @@ def load_checkpoint(path: str | os.PathLike[str],
     for file, file_names in by_file.items():
         with safe_open(str(file), framework="pt", device="cpu") as fh:
             for tensor_name in file_names:
-                state[tensor_name] = fh.get_tensor(tensor_name).to(target)
+                tensor = fh.get_tensor(tensor_name)
+                # FP8 weights and their float32 scales are kept as stored; quant.model places them.
+                keep = fp8 is not None and (tensor.dtype == torch.float8_e4m3fn or tensor_name.endswith("_scale"))
+                state[tensor_name] = tensor if keep else tensor.to(target)
+    if fp8 is not None:
+        from warmgraph.quant.model import fp8_model
+
+        model = fp8_model(config, state)
+        return model, tokenizer, config
     model = LlamaForCausalLM.from_state_dict(config, state)
     model.eval().requires_grad_(False)
     return model, tokenizer, config

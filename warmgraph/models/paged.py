@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from warmgraph.models.llama import LlamaConfig, apply_rope
+from warmgraph.quant.fp8 import Fp8Scales
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -48,8 +49,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 class _Step(nn.Module):
     """Shared pieces of the prefill and decode steps. Holds no parameters."""
 
-    def __init__(self, config: LlamaConfig, block_size: int) -> None:
+    def __init__(self, config: LlamaConfig, block_size: int, fp8: Fp8Scales | None = None) -> None:
         super().__init__()
+        # FP8 checkpoints: the linears are FP8 GEMMs with these multipliers; None: plain matmuls.
+        self.fp8 = fp8
         self.eps = float(config.rms_norm_eps)
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
@@ -57,12 +60,21 @@ class _Step(nn.Module):
         self.block_size = block_size
         self.scale = float(config.head_dim) ** -0.5
 
+    def _linears(self, group: int, x: torch.Tensor, weights: tuple[torch.Tensor, ...],
+                 scales: torch.Tensor | None) -> list[torch.Tensor]:
+        """``x @ w^T`` for each weight of activation group ``group`` (``quant.fp8.GROUPS``)."""
+        if self.fp8 is None:
+            return [x @ w.t() for w in weights]
+        return self.fp8.group(group, x, weights, scales)
+
     def _qkv(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ln1: torch.Tensor,
-             wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor) -> tuple[torch.Tensor, ...]:
+             wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor,
+             scales: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
         x = rms_norm(hidden, ln1, self.eps)
-        q = (x @ wq.t()).unflatten(-1, (self.num_heads, self.head_dim))
-        k = (x @ wk.t()).unflatten(-1, (self.num_kv_heads, self.head_dim))
-        v = (x @ wv.t()).unflatten(-1, (self.num_kv_heads, self.head_dim))
+        q, k, v = self._linears(0, x, (wq, wk, wv), scales)
+        q = q.unflatten(-1, (self.num_heads, self.head_dim))
+        k = k.unflatten(-1, (self.num_kv_heads, self.head_dim))
+        v = v.unflatten(-1, (self.num_kv_heads, self.head_dim))
         q, k = apply_rope(q, k, cos, sin)
         return q, k, v
 
@@ -72,10 +84,12 @@ class _Step(nn.Module):
         return kv if group == 1 else kv.repeat_interleave(group, dim=-2)
 
     def _finish(self, hidden: torch.Tensor, attn: torch.Tensor, wo: torch.Tensor, ln2: torch.Tensor,
-                wg: torch.Tensor, wu: torch.Tensor, wd: torch.Tensor) -> torch.Tensor:
-        h = hidden + attn.flatten(-2) @ wo.t()
+                wg: torch.Tensor, wu: torch.Tensor, wd: torch.Tensor,
+                scales: torch.Tensor | None = None) -> torch.Tensor:
+        h = hidden + self._linears(1, attn.flatten(-2), (wo,), scales)[0]
         y = rms_norm(h, ln2, self.eps)
-        return h + (torch.nn.functional.silu(y @ wg.t()) * (y @ wu.t())) @ wd.t()
+        gate, up = self._linears(2, y, (wg, wu), scales)
+        return h + self._linears(3, torch.nn.functional.silu(gate) * up, (wd,), scales)[0]
 
 
 class PrefillStep(_Step):
@@ -85,9 +99,9 @@ class PrefillStep(_Step):
                 ctx_lens: torch.Tensor, q_lens: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                 ln1: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor, wo: torch.Tensor,
                 ln2: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, wd: torch.Tensor,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                scales: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, q_len = hidden.shape[0], hidden.shape[1]
-        q, k, v = self._qkv(hidden, cos, sin, ln1, wq, wk, wv)
+        q, k, v = self._qkv(hidden, cos, sin, ln1, wq, wk, wv, scales)
         pos = torch.arange(q_len, device=hidden.device)
         new_ok = (pos[None, :] <= pos[:, None])[None] & (pos[None, None, :] < q_lens[:, None, None])  # (B,Q,Q)
         keys, values, allowed = k, v, new_ok
@@ -102,7 +116,7 @@ class PrefillStep(_Step):
         scores = scores.masked_fill(~allowed[:, None], torch.finfo(scores.dtype).min)
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         attn = torch.einsum("bhqk,bkhd->bqhd", probs, self._expand(values))
-        return self._finish(hidden, attn, wo, ln2, wg, wu, wd), k, v
+        return self._finish(hidden, attn, wo, ln2, wg, wu, wd, scales), k, v
 
 
 class DecodeStep(_Step):
@@ -112,9 +126,9 @@ class DecodeStep(_Step):
                 block_seq: torch.Tensor, block_pos: torch.Tensor, ctx_lens: torch.Tensor, k_cache: torch.Tensor,
                 v_cache: torch.Tensor, ln1: torch.Tensor, wq: torch.Tensor, wk: torch.Tensor, wv: torch.Tensor,
                 wo: torch.Tensor, ln2: torch.Tensor, wg: torch.Tensor, wu: torch.Tensor, wd: torch.Tensor,
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                scales: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b = hidden.shape[0]
-        q, k, v = self._qkv(hidden, cos, sin, ln1, wq, wk, wv)  # (B, 1, heads|kv_heads, D)
+        q, k, v = self._qkv(hidden, cos, sin, ln1, wq, wk, wv, scales)  # (B, 1, heads|kv_heads, D)
         ck = self._expand(k_cache[block_list].flatten(0, 1))  # (N*bs, heads, D)
         cv = self._expand(v_cache[block_list].flatten(0, 1))
         offsets = torch.arange(self.block_size, device=hidden.device)
@@ -130,7 +144,7 @@ class DecodeStep(_Step):
         probs = torch.softmax(torch.cat([cache_scores, self_scores], dim=-1), dim=-1, dtype=torch.float32)
         probs = probs.to(q.dtype)
         attn = torch.einsum("bhk,khd->bhd", probs[..., :-1], cv) + probs[..., -1:] * v_self
-        return self._finish(hidden, attn[:, None], wo, ln2, wg, wu, wd), k, v
+        return self._finish(hidden, attn[:, None], wo, ln2, wg, wu, wd, scales), k, v
 
 
 class ModelStep(nn.Module):
@@ -146,9 +160,13 @@ class ModelStep(nn.Module):
     reference, and the caches are written in place.
     """
 
-    def __init__(self, layer: Callable[..., Any], num_layers: int, per_layer: int, num_meta: int) -> None:
+    def __init__(self, layer: Callable[..., Any] | list[Callable[..., Any]], num_layers: int, per_layer: int,
+                 num_meta: int) -> None:
         super().__init__()
-        self.layer = layer
+        # One callable for every layer, or one per layer (FP8 layers whose scales need their own graphs).
+        self.layers = list(layer) if isinstance(layer, list) else [layer] * num_layers
+        if len(self.layers) != num_layers:
+            raise ValueError(f"{len(self.layers)} layer callables for {num_layers} layers")
         self.num_layers = num_layers
         self.per_layer = per_layer  # tensors per layer in ``state``: k_cache, v_cache, then the inputs
         self.num_meta = num_meta
@@ -162,7 +180,7 @@ class ModelStep(nn.Module):
         flat_slots = slots.reshape(-1)
         for i in range(self.num_layers):
             k_cache, v_cache, *inputs = state[i * self.per_layer: (i + 1) * self.per_layer]
-            hidden, k, v = self.layer(hidden, cos, sin, *meta, k_cache, v_cache, *inputs)
+            hidden, k, v = self.layers[i](hidden, cos, sin, *meta, k_cache, v_cache, *inputs)
             # K/V of this step into the cache, in place: padded tokens land in the scratch block.
             k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, flat_slots, k.reshape(-1, *k.shape[2:]))
             v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, flat_slots, v.reshape(-1, *v.shape[2:]))

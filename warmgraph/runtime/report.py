@@ -16,6 +16,7 @@ class BucketWarmup:
     graph_bytes: int = 0  # the graph's cache entry (0 when it is not cached)
     device_bytes: int | None = None  # device memory its capture took, where the device reports it
     phase: str | None = None  # which runner of an engine ("prefill" | "decode")
+    variant: int | None = None  # which FP8 layer variant (several only when scales need their own graphs)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"bucket": list(self.bucket), "seconds": round(self.seconds, 4), "source": self.source,
@@ -24,6 +25,8 @@ class BucketWarmup:
             out.update(capture_seconds=round(self.capture_seconds, 4), device_bytes=self.device_bytes)
         if self.phase is not None:
             out["phase"] = self.phase
+        if self.variant is not None:
+            out["variant"] = self.variant
         return out
 
 
