@@ -233,7 +233,8 @@ def test_reads_a_hand_written_inc_file(tmp_path: Path) -> None:
             "outputs": [[[41.25]]],
             "params": {"weight": [[0.1396484375]]}
         },
-        "model.layers.0.mlp.down_proj": {"input": [[[2]]], "params": {"weight": [[0.5]]}}
+        "model.layers.0.mlp.down_proj": {"input": [[[2]]], "params": {"weight": [[0.5]]}},
+        "model.layers.0.self_attn.attn.impl.matmul_qk": {"inputs": [[[3.0]], [[4.0]]], "outputs": [[[9.0]]]}
     }
 }"""
     (tmp_path / "llama_hooks_maxabs_0_2.json").write_text(text)
@@ -259,7 +260,6 @@ MALFORMED = [
     (json.dumps({"Mode": "DynamicRange"}), ["Nodes is missing"]),
     (_doc([1.0]), [f"Nodes['{Q}'] is not an object"]),
     (_doc({"params": {"weight": [[0.5]]}}), [f"Nodes['{Q}'] has no inputs"]),
-    (_doc({"inputs": [[[1.0]]]}), [f"Nodes['{Q}'] has no params.weight"]),
     (_doc({"inputs": [[[1.0]]], "params": {}}), [f"Nodes['{Q}'] has no params.weight"]),
     (_doc({**GOOD_NODE, "params": {"weight": [["big"]]}}), [f"Nodes['{Q}'].params.weight holds 'big', not a number"]),
     (_doc({**GOOD_NODE, "params": {"weight": [[True]]}}), [f"Nodes['{Q}'].params.weight holds True, not a number"]),

@@ -52,6 +52,18 @@ def _engine_options(f: Any) -> Any:
                           "runnable now, at least 1; threads on busy cores slow every matmul]."),
         click.option("--cache-dir", help="Graph cache root [$WARMGRAPH_CACHE_DIR or ~/.cache/warmgraph]."),
         click.option("--json", "as_json", is_flag=True, help="Print one JSON object and nothing else."),
+        click.option("--runtime-scale-patching/--no-runtime-scale-patching", "patching", default=None,
+                     help="FP8 checkpoints: scales as graph inputs, one graph per bucket for every layer; off: "
+                          "baked in, a graph per distinct scale tuple [$RUNTIME_SCALE_PATCHING, else on]."),
+        click.option("--trivial-scales", type=click.Choice(["0", "1", "2"]), default=None,
+                     help="FP8: leave out multiplies by scales of exactly 1.0; 1: the casts, 2: also the GEMM "
+                          "rescales [$PT_HPU_H2D_TRIVIAL_SCALES_MODE, else 0]."),
+        click.option("--trivial-variants", type=int, default=None,
+                     help="FP8: most trivial-scale graph variants per bucket; other layers run the mode-0 graph "
+                          "[4]."),
+        click.option("--fp8-math", type=click.Choice(["auto", "scaled_mm", "emulate"]), default=None,
+                     help="FP8 GEMMs: torch._scaled_mm (CUDA sm89+) or emulation in the activations' dtype "
+                          "[$WARMGRAPH_FP8_MATH, else auto]."),
     ]
     for option in reversed(options):
         f = option(f)
@@ -65,9 +77,14 @@ def _config(kw: dict[str, Any], cache: Any) -> EngineConfig:
     serving = serving_limits(max_num_seqs=kw["max_num_seqs"], max_num_batched_tokens=kw["max_num_batched_tokens"],
                              max_model_len=kw["max_model_len"], block_size=kw["block_size"],
                              max_num_prefill_seqs=kw["max_num_prefill_seqs"])
+    from warmgraph.quant.settings import Fp8Settings
+
+    trivial = kw.pop("trivial_scales")
+    fp8 = Fp8Settings.from_env(patching=kw.pop("patching"), trivial=None if trivial is None else int(trivial),
+                               cap=kw.pop("trivial_variants"), math=kw.pop("fp8_math"))
     return EngineConfig(serving=serving, strategy=kw["strategy"], bucket_file=kw["bucket_file"],
                         backend=kw["backend"], device=kw["device"], cache=cache,
-                        threads=kw["threads"] if kw["threads"] is not None else default_threads())
+                        threads=kw["threads"] if kw["threads"] is not None else default_threads(), fp8=fp8)
 
 
 def _build(model_dir: str | None, dtype: str | None, cache_dir: str | None, kw: dict[str, Any],
@@ -122,6 +139,11 @@ def _warm_up(engine: Any, path: str, workers: int | None, as_json: bool) -> dict
         "buffer_bytes": totals["buffer_bytes"], "cache": str(engine.prefill.layer.cache.root),
         "entries": totals["entries"],
     }
+    plan = engine.fp8_plan
+    if plan is not None:
+        result["fp8"] = {"runtime_scale_patching": plan.settings.patching, "trivial_scales": plan.settings.trivial,
+                         "variants": len(plan.variants), "capped_layers": list(plan.capped),
+                         "layers_per_variant": [len(v.layers) for v in plan.variants]}
     if as_json:
         return result
     slowest = sorted(report.entries, key=lambda e: -e.seconds)[:3]
@@ -130,8 +152,16 @@ def _warm_up(engine: Any, path: str, workers: int | None, as_json: bool) -> dict
                      [[result["buckets"], by_phase["prompt"], by_phase["decode"], result["compiled"],
                        result["loaded"], result["captured"], round(report.seconds, 2), report.backend,
                        result["device"]]]))
-    click.echo("one graph per bucket serves every layer (regional compilation); slowest: "
-               + ", ".join(f"{e.bucket} {e.seconds:.1f}s" for e in slowest))
+    if plan is not None and len(plan.variants) > 1:
+        f = result["fp8"]
+        click.echo(f"FP8: {f['variants']} layer graphs per bucket (runtime scale patching "
+                   f"{'on' if plan.settings.patching else 'off'}, trivial scales {plan.settings.trivial}; layers per "
+                   f"graph {f['layers_per_variant']}" + (f"; {len(plan.capped)} layers past the variant cap run "
+                                                          "the mode-0 graph)" if plan.capped else ")"))
+    else:
+        click.echo("one graph per bucket serves every layer (regional compilation)"
+                   + (", FP8 scales patched in at run time" if plan is not None else ""))
+    click.echo("slowest: " + ", ".join(f"{e.bucket} {e.seconds:.1f}s" for e in slowest))
     if report.captured:
         device = totals["device_bytes"]
         click.echo(f"captured {report.captured} steps; device memory {device / 2**20:.1f} MiB; static buffers "

@@ -24,6 +24,7 @@ COMMANDS = {
     "cache": ("warmgraph.cli.cache", "cache"),
     "convert-gguf": ("warmgraph.cli.convert", "convert_gguf"),
     "generate": ("warmgraph.cli.engine", "generate"),
+    "quant": ("warmgraph.cli.quant", "quant"),
     "warmup": ("warmgraph.cli.engine", "warmup"),
 }
 

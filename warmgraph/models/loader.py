@@ -54,7 +54,7 @@ def _listing(items: list[str]) -> str:
     return shown + (f" and {len(items) - _SHOWN} more" if len(items) > _SHOWN else "")
 
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
     """Parsed JSON, or a one-line error naming the file (and line) that is missing or garbled."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -70,10 +70,10 @@ def _read_json(path: Path) -> Any:
 
 def read_config(path: str | os.PathLike[str]) -> LlamaConfig:
     """The ``LlamaConfig`` of a checkpoint directory's ``config.json`` (ConfigError if unusable)."""
-    return LlamaConfig.from_hf(_read_json(Path(path) / CONFIG))
+    return LlamaConfig.from_hf(read_json(Path(path) / CONFIG))
 
 
-def _checkpoint_dir(path: str | os.PathLike[str]) -> Path:
+def checkpoint_dir(path: str | os.PathLike[str]) -> Path:
     root = Path(path).expanduser()
     hint = ("warmgraph loads Hugging Face-format checkpoints from a local directory and does not download them; "
             "fetch the model first (e.g. huggingface-cli download ORG/NAME --local-dir DIR) and pass DIR")
@@ -84,11 +84,11 @@ def _checkpoint_dir(path: str | os.PathLike[str]) -> Path:
     return root
 
 
-def _weight_files(root: Path) -> tuple[list[Path], dict[str, str] | None]:
+def weight_files(root: Path) -> tuple[list[Path], dict[str, str] | None]:
     """The safetensors files to read and, for a sharded checkpoint, the index's name -> file map."""
     index_path = root / INDEX
     if index_path.exists():
-        index = _read_json(index_path)
+        index = read_json(index_path)
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise ConfigError(f"{index_path} has no 'weight_map' object of tensor name -> file name")
@@ -205,8 +205,8 @@ def load_checkpoint(path: str | os.PathLike[str],
     JSON, an unreadable safetensors file, missing/unexpected/mis-shaped tensors or an unsupported
     ``model_type``; nothing is downloaded.
     """
-    root = _checkpoint_dir(path)
-    hf = _read_json(root / CONFIG)
+    root = checkpoint_dir(path)
+    hf = read_json(root / CONFIG)
     if dtype is not None and isinstance(hf, dict):
         # The argument wins, so a config that names a dtype warmgraph does not load (float64,
         # "auto") still loads when the caller picks one.
@@ -219,7 +219,7 @@ def load_checkpoint(path: str | os.PathLike[str],
         fp8 = read_format(hf)
     target = to_torch_dtype(config.torch_dtype)
     tokenizer = _read_tokenizer(root)
-    files, weight_map = _weight_files(root)
+    files, weight_map = weight_files(root)
     found = _scan(files)
     names = _check_tensors(root, config, found, weight_map, fp8)
     safe_open = _require("safetensors").safe_open

@@ -91,7 +91,7 @@ def measure(model: LlamaForCausalLM, token_ids: Iterable[list[int]],
             for name, m in names.items()}
 
 
-def scales_from(measurements: Mapping[str, Mapping[str, float]], method: str,
+def scales_from_measurement(measurements: Mapping[str, Mapping[str, float]], method: str,
                 modules: Iterable[str]) -> dict[str, tuple[float, float]]:
     """``{module: (weight_scale, input_scale)}`` for every name in ``modules``, by ``method``;
     a module the measurement lacks is a one-line WarmgraphError naming it."""

@@ -136,16 +136,21 @@ def read_measurements(path: str | Path) -> dict[str, Node]:
     nodes = doc.get("Nodes")
     if not isinstance(nodes, dict):
         raise WarmgraphError(f"{file}: Nodes is missing or not an object; INC writes one entry per measured module")
-    return {name: _node(file, name, node) for name, node in nodes.items()}
+    linears = {name: _node(file, name, node) for name, node in nodes.items()}
+    return {name: node for name, node in linears.items() if node is not None}
 
 
-def _node(file: Path, name: str, node: Any) -> Node:
+def _node(file: Path, name: str, node: Any) -> Node | None:
+    """A Linear node's values; None for a node without ``params`` (a matmul, KV cache or SDPA
+    node of a whole-model measurement: warmgraph quantises linears only)."""
     where = f"Nodes[{name!r}]"
     if not isinstance(node, dict):
         raise WarmgraphError(f"{file}: {where} is not an object with inputs and params")
     inputs = node.get("inputs", node.get("input"))  # "input": INC's legacy key
     outputs = node.get("outputs", node.get("output"))
     params = node.get("params")
+    if params is None:
+        return None
     weight = params.get("weight") if isinstance(params, dict) else None
     if not inputs:
         raise WarmgraphError(f"{file}: {where} has no inputs; warmgraph reads Linear nodes (input and weight max-abs)")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from warmgraph.models.llama import LlamaForCausalLM
 from warmgraph.quant.fp8 import CAST_SLOTS, FP8_DTYPE, GROUPS, LINEARS, Fp8Linear, layer_vector, to_fp8, weight_dtype
 
 SCALES_BUFFER = "fp8_scales"
+METHOD_METADATA = "warmgraph.scale_method"  # safetensors metadata key: the scale method calibrate used
 
 
 def _get(module: nn.Module, dotted: str) -> nn.Module:
@@ -56,11 +57,7 @@ def fp8_model(config: LlamaConfig, state: Mapping[str, torch.Tensor], math: str 
     model = LlamaForCausalLM.from_state_dict(config, plain)
     for i, layer in enumerate(model.layers):
         prefix = f"model.layers.{i}."
-        scale = {n: float(state[f"{prefix}{n}.weight_scale"].float().reshape(())) for n in LINEARS}
-        inputs = {n: float(state[f"{prefix}{n}.input_scale"].float().reshape(())) for n in LINEARS}
-        shared = [max(inputs[n] for n in names) for _, names in GROUPS]
-        vector = layer_vector(shared, [scale[n] for n in LINEARS])
-        group_input = {n: s for (_, names), s in zip(GROUPS, shared) for n in names}
+        vector, scale, group_input = checkpoint_vector(state.__getitem__, prefix)
         for n in LINEARS:
             weight = state[f"{prefix}{n}.weight"].to(weight_dtype(math, dtype))
             _set(layer, n, Fp8Linear(weight, scale[n], group_input[n], math))
@@ -68,6 +65,18 @@ def fp8_model(config: LlamaConfig, state: Mapping[str, torch.Tensor], math: str 
         set_multipliers(layer)
     model.eval().requires_grad_(False)
     return model
+
+
+def checkpoint_vector(get: Callable[[str], torch.Tensor], prefix: str
+                      ) -> tuple[torch.Tensor, dict[str, float], dict[str, float]]:
+    """A layer's multipliers from its checkpoint scales (``get(name)``, names under ``prefix``):
+    the vector, each linear's weight scale, and the input scale it shares with its group (the
+    largest of the group's: one cast per activation, as vLLM's ``input_scale.max()``)."""
+    weight = {n: float(get(f"{prefix}{n}.weight_scale").float().reshape(())) for n in LINEARS}
+    inputs = {n: float(get(f"{prefix}{n}.input_scale").float().reshape(())) for n in LINEARS}
+    shared = [max(inputs[n] for n in names) for _, names in GROUPS]
+    group_input = {n: s for (_, names), s in zip(GROUPS, shared) for n in names}
+    return layer_vector(shared, [weight[n] for n in LINEARS]), weight, group_input
 
 
 def set_multipliers(layer: nn.Module) -> None:
@@ -137,10 +146,11 @@ def fp8_state(model: LlamaForCausalLM, scales: Mapping[str, tuple[float, float]]
 
 def write_fp8_checkpoint(model: LlamaForCausalLM, tokenizer: Any, config: LlamaConfig,
                          scales: Mapping[str, tuple[float, float]], out_dir: str | os.PathLike[str],
-                         dtype: str, source: Path | None = None) -> Path:
+                         dtype: str, source: Path | None = None, scale_method: str | None = None) -> Path:
     """Write a compressed-tensors FP8 checkpoint directory at ``out_dir``, all at once (a
     temporary directory renamed; nothing is left on failure). Other files of ``source``
-    (``tokenizer_config.json`` with the chat template, ``generation_config.json``) are copied."""
+    (``tokenizer_config.json`` with the chat template, ``generation_config.json``) are copied.
+    ``scale_method`` is recorded in the safetensors metadata (``quant inspect`` shows it)."""
     from safetensors.torch import save_file
 
     from warmgraph.models.atomic import write_directory
@@ -153,7 +163,8 @@ def write_fp8_checkpoint(model: LlamaForCausalLM, tokenizer: Any, config: LlamaC
     hf["quantization_config"] = quantization_config()
 
     def build(tmp: Path) -> None:
-        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        metadata = {"format": "pt", **({METHOD_METADATA: scale_method} if scale_method else {})}
+        save_file(state, str(tmp / "model.safetensors"), metadata=metadata)
         (tmp / "config.json").write_text(json.dumps(hf, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         (tmp / "tokenizer.json").write_text(tokenizer.to_str(pretty=True), encoding="utf-8")
         for extra in ("tokenizer_config.json", "generation_config.json", "special_tokens_map.json"):
