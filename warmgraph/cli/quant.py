@@ -109,10 +109,12 @@ def calibrate(model_dir: str, out_dir: str, scale_method: str, calib_file: str |
 @click.option("--max-num-seqs", type=int, default=None, help="Serving limit of the bucket plan [the engine's].")
 @click.option("--max-model-len", type=int, default=None, help="Serving limit of the bucket plan [the engine's].")
 @click.option("--max-num-batched-tokens", type=int, default=None, help="Serving limit of the bucket plan.")
+@click.option("--block-size", type=int, default=None, help="Serving limit of the bucket plan.")
 @click.option("--trivial-variants", type=int, default=None, help="Variant cap per bucket [4].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object and nothing else.")
 def inspect(model_dir: str, max_num_seqs: int | None, max_model_len: int | None,
-            max_num_batched_tokens: int | None, trivial_variants: int | None, as_json: bool) -> None:
+            max_num_batched_tokens: int | None, block_size: int | None, trivial_variants: int | None,
+            as_json: bool) -> None:
     """The scales of the FP8 checkpoint in MODEL_DIR and the graphs each mode would build: runtime
     scale patching on and off, trivial scales 0, 1 and 2, for the engine's bucket plan."""
     from warmgraph.bucketing.plans import plan_buckets
@@ -124,7 +126,7 @@ def inspect(model_dir: str, max_num_seqs: int | None, max_model_len: int | None,
     serving = serving_limits(max_num_seqs=max_num_seqs or s.max_num_seqs,
                              max_model_len=max_model_len or s.max_model_len,
                              max_num_batched_tokens=max_num_batched_tokens or s.max_num_batched_tokens,
-                             block_size=s.block_size, max_num_prefill_seqs=s.max_num_prefill_seqs)
+                             block_size=block_size or s.block_size, max_num_prefill_seqs=s.max_num_prefill_seqs)
     cap = Fp8Settings(cap=DEFAULT_CAP if trivial_variants is None else trivial_variants).cap
     plan = plan_buckets(serving, "exponential")
     result: dict[str, Any] = inspect_fp8(model_dir, len(plan.prompt), len(plan.decode), cap)
