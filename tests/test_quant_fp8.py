@@ -264,3 +264,30 @@ def test_calibrate_from_its_own_inc_file_writes_the_same_checkpoint(default_ckpt
     assert again["source"] == "inc"
     a, b = load_file(str(tmp_path / "a" / "model.safetensors")), load_file(str(tmp_path / "b" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k].float(), b[k].float()) for k in a)
+
+
+@pytest.mark.parametrize("patching", [True, False])
+@pytest.mark.parametrize("name", ["cuda_graph", "acl_graph", "hpu_graph"])
+def test_fp8_variants_inside_one_capture_per_bucket_on_each_fake_device(fp8_ckpt: Path, name: str,
+                                                                        patching: bool) -> None:
+    from fake_devices import FakeCudaModule, FakeHpuModule, FakeNpuModule
+
+    from warmgraph.compiler.devices import CudaGraphAPI, HpuGraphAPI, NpuGraphAPI
+    from warmgraph.compiler.registry import get_backend
+
+    api_cls, fake_cls = {"cuda_graph": (CudaGraphAPI, FakeCudaModule), "acl_graph": (NpuGraphAPI, FakeNpuModule),
+                         "hpu_graph": (HpuGraphAPI, FakeHpuModule)}[name]
+    fake = fake_cls()
+    backend = get_backend(name, api=api_cls(fake, device_type=fake.device_type), inner="eager", debug=True)
+    with fake.placement():
+        model, tokenizer, _ = load_checkpoint(fp8_ckpt)
+        engine = Engine(model, tokenizer, EngineConfig(serving=LIMITS, backend=backend, device="cpu", cache=None,
+                                                       fp8=Fp8Settings(patching=patching, trivial=1)))
+        assert all(fake.is_device_tensor(t) for t in engine.state)  # FP8 weights (and patched scales) included
+        report = engine.warmup()
+        # Every layer's variant replays inside the one capture of its bucket.
+        assert report.captured == BUCKETS == engine.counter("captures")
+        assert report.compiled == (ON[1] if patching else _distinct(fp8_ckpt)) * BUCKETS
+        out = engine.generate(PROMPTS, SamplingParams(max_tokens=6, temperature=0))
+    assert [c["token_ids"] for c in out["completions"]] == _reference(fp8_ckpt)
+    assert out["stats"]["eager_fallbacks"] == 0 and out["stats"]["graph_replays"] == fake.count("replay") > 0
