@@ -20,11 +20,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from warmgraph.engine import Engine, EngineConfig, SamplingParams, serving_limits
-from warmgraph.errors import WarmgraphError
+from warmgraph.errors import ConfigError, WarmgraphError
 from warmgraph.models.llama import greedy_generate_reference
 from warmgraph.models.loader import load_checkpoint
 from warmgraph.quant.calibrate import DEFAULT_TEXTS, decoder_linears, measure, scales_from_measurement
-from warmgraph.quant.model import layer_vectors, patch_scales, write_fp8_checkpoint
+from warmgraph.quant.model import layer_vectors, write_fp8_checkpoint
 from warmgraph.quant.settings import Fp8Settings
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -133,7 +133,7 @@ def test_new_scales_with_patching_on_recompile_nothing(default_ckpt: Path, tmp_p
     assert torch.equal(model.layers[0].self_attn.q_proj.weight, engine.model.layers[0].self_attn.q_proj.weight)
     assert not torch.equal(layer_vectors(model)[0], layer_vectors(engine.model)[0])
     # In place, in a running engine: the graphs read the new values at their next call.
-    patch_scales(engine.model, layer_vectors(model))
+    engine.patch_fp8_scales(layer_vectors(model))
     compiles = engine.counter("compiles")
     assert _tokens(engine) == _reference(second)
     assert engine.counter("compiles") == compiles
@@ -144,6 +144,22 @@ def test_new_scales_with_patching_on_recompile_nothing(default_ckpt: Path, tmp_p
     report = warm.warmup()
     assert (report.compiled, report.loaded) == (0, BUCKETS)
     assert _tokens(warm) == _reference(third)
+
+
+def test_patching_scales_that_cannot_take_effect_is_refused(fp8_ckpt: Path) -> None:
+    baked = _engine(fp8_ckpt, "eager", None, patching=False)
+    with pytest.raises(ConfigError, match="baked into the graphs"):
+        baked.patch_fp8_scales(layer_vectors(baked.model))
+    trivial = _engine(fp8_ckpt, "eager", None, patching=True, trivial=1)
+    vectors = [v.clone() for v in layer_vectors(trivial.model)]
+    vectors[0][0] = 0.5  # layer 0's qkv cast multiply was exactly 1.0, and its variant leaves it out
+    with pytest.raises(ConfigError, match="layer 0 leaves out"):
+        trivial.patch_fp8_scales(vectors)
+    before = [v.clone() for v in layer_vectors(trivial.model)]
+    vectors[0][0] = 1.0
+    vectors[3][1] *= 2  # not trivial before or after: allowed
+    trivial.patch_fp8_scales(vectors)
+    assert torch.equal(layer_vectors(trivial.model)[3][1], 2 * before[3][1])
 
 
 def test_the_checkpoint_is_compressed_tensors_and_transformers_reads_it_bit_for_bit(fp8_ckpt: Path) -> None:
@@ -168,6 +184,18 @@ def test_the_checkpoint_is_compressed_tensors_and_transformers_reads_it_bit_for_
     ids = torch.tensor([tokenizer.encode(PROMPTS[0]).ids])
     with torch.no_grad():
         assert torch.equal(theirs(ids).logits, ours(ids))
+
+
+def test_baked_scales_past_dynamos_recompile_limit_still_run_compiled(fp8_ckpt: Path) -> None:
+    """Dynamo guards a baked float by value and, after its recompile limit (8), runs the rest
+    eagerly without a word. Here every (variant, bucket) graph has its own entry point: more than
+    8 graphs of one step class, all compiled, none recompiled, no eager fallback."""
+    engine = _engine(fp8_ckpt, "inductor", None, patching=False)
+    graphs = _distinct(fp8_ckpt) * BUCKETS
+    assert graphs > 8 and engine.warmup().compiled == graphs
+    assert _tokens(engine) == _reference(fp8_ckpt)
+    assert engine.counter("recompiles") == 0 and engine.counter("eager_fallbacks") == 0
+    assert engine.counter("compiles") == graphs
 
 
 def test_trivial_scales_come_from_the_environment_and_the_cap_sends_the_rest_to_mode_0(
@@ -220,6 +248,8 @@ BAD = {
     "dynamic inputs": (None, lambda qc: qc["config_groups"]["group_0"]["input_activations"].update(dynamic=True),
                        ["input_activations.dynamic", "static"]),
     "another method": (None, lambda qc: qc.update(quant_method="gptq"), ["quant_method is 'gptq'"]),
+    "negative scale": (lambda s: s.update({f"{Q}.input_scale": torch.tensor([-1.0])}), None,
+                       [f"{Q}.input_scale is -1.0", "positive, finite"]),
 }
 
 
@@ -234,6 +264,9 @@ def test_a_bad_fp8_checkpoint_is_one_line_naming_the_tensor_or_field(fp8_ckpt: P
     assert "\n" not in message and all(f in message for f in fragments), message
     code, out, stderr = run(capsys, "generate", str(bad), "--prompt", "x", "--backend", "eager")
     assert_one_line_error(code, out, stderr, fragments[0])
+    if case not in ("another method",):  # quant inspect reads the scales and headers: the same refusals
+        code, out, stderr = run(capsys, "quant", "inspect", str(bad))
+        assert_one_line_error(code, out, stderr, fragments[0])
 
 
 def test_calibrate_refuses_bad_requests_in_one_line(default_ckpt: Path, fp8_ckpt: Path, tmp_path: Path,
@@ -291,3 +324,34 @@ def test_fp8_variants_inside_one_capture_per_bucket_on_each_fake_device(fp8_ckpt
         out = engine.generate(PROMPTS, SamplingParams(max_tokens=6, temperature=0))
     assert [c["token_ids"] for c in out["completions"]] == _reference(fp8_ckpt)
     assert out["stats"]["eager_fallbacks"] == 0 and out["stats"]["graph_replays"] == fake.count("replay") > 0
+
+
+def test_an_inc_file_of_other_weights_or_layers_is_refused(default_ckpt: Path, tmp_path: Path,
+                                                           capsys: Capsys) -> None:
+    from warmgraph.quant import inc
+
+    run_json(capsys, "quant", "calibrate", str(default_ckpt), str(tmp_path / "a"), "--save-measurements",
+             str(tmp_path / "m"))
+    nodes = inc.read_measurements(tmp_path / "m")
+    wrong = {**nodes, Q: {**nodes[Q], "weight": nodes[Q]["weight"] / 400}}  # would saturate most of q_proj
+    inc.write_measurements(tmp_path / "wrong", wrong)
+    code, o, e = run(capsys, "quant", "calibrate", str(default_ckpt), str(tmp_path / "b"), "--scales-from", "inc",
+                     str(tmp_path / "wrong"))
+    assert_one_line_error(code, o, e, f"node {Q} says the weight's max-abs is")
+    extra = {**nodes, "model.layers.9.mlp.down_proj": nodes[Q]}
+    inc.write_measurements(tmp_path / "extra", extra)
+    code, o, e = run(capsys, "quant", "calibrate", str(default_ckpt), str(tmp_path / "b"), "--scales-from", "inc",
+                     str(tmp_path / "extra"))
+    assert_one_line_error(code, o, e, "model.layers.9.mlp.down_proj is beyond this model's 4 layers")
+    assert not (tmp_path / "b").exists()
+
+
+def test_calibrate_creates_parents_and_warns_when_a_method_wrecks_the_weights(default_ckpt: Path, tmp_path: Path,
+                                                                             capsys: Capsys) -> None:
+    out = tmp_path / "new" / "deeper" / "fp8"
+    code, stdout, stderr = run(capsys, "quant", "calibrate", str(default_ckpt), str(out), "--scale-method",
+                               "hw_aligned_single_scale")
+    assert code == 0 and out.is_dir() and "FP8 linears" in stdout
+    assert "of the FP8 weights are 0" in stderr and "try maxabs_hw" in stderr
+    good = run_json(capsys, "quant", "calibrate", str(default_ckpt), str(tmp_path / "good"))
+    assert good["weights_zero"] < 0.05 and good["weights_saturated"] < 0.05

@@ -131,7 +131,8 @@ def _warm_up(engine: Any, path: str, workers: int | None, as_json: bool) -> dict
     by_phase = {"prompt": len(engine.plan.prompt), "decode": len(engine.plan.decode)}
     totals = report.to_dict()
     result = {
-        "model": path, "backend": report.backend, "device": engine.device.type, "buckets": len(report.entries),
+        "model": path, "backend": report.backend, "device": engine.device.type,
+        "buckets": len(engine.plan.prompt) + len(engine.plan.decode), "graphs": len(report.entries),
         **by_phase, "compiled": sources["compiled"], "loaded": sources["loaded"], "ready": sources["ready"],
         "captured": report.captured, "seconds": round(report.seconds, 3), "workers": workers,
         "threads": engine.config.threads,
@@ -149,19 +150,19 @@ def _warm_up(engine: Any, path: str, workers: int | None, as_json: bool) -> dict
     slowest = sorted(report.entries, key=lambda e: -e.seconds)[:3]
     click.echo(f"model {path}")
     click.echo(table(["graphs", "prompt", "decode", "compiled", "loaded", "captured", "seconds", "backend", "device"],
-                     [[result["buckets"], by_phase["prompt"], by_phase["decode"], result["compiled"],
+                     [[result["graphs"], by_phase["prompt"], by_phase["decode"], result["compiled"],
                        result["loaded"], result["captured"], round(report.seconds, 2), report.backend,
                        result["device"]]]))
+    slow = "slowest: " + ", ".join(f"{e.bucket} {e.seconds:.1f}s" for e in slowest)
     if plan is not None and len(plan.variants) > 1:
         f = result["fp8"]
+        capped = f"; {len(plan.capped)} layers past the variant cap run the mode-0 graph" if plan.capped else ""
         click.echo(f"FP8: {f['variants']} layer graphs per bucket (runtime scale patching "
-                   f"{'on' if plan.settings.patching else 'off'}, trivial scales {plan.settings.trivial}; layers per "
-                   f"graph {f['layers_per_variant']}" + (f"; {len(plan.capped)} layers past the variant cap run "
-                                                          "the mode-0 graph)" if plan.capped else ")"))
+                   f"{'on' if plan.settings.patching else 'off'}, trivial scales {plan.settings.trivial}; layers "
+                   f"per graph {f['layers_per_variant']}{capped}); {slow}")
     else:
-        click.echo("one graph per bucket serves every layer (regional compilation)"
-                   + (", FP8 scales patched in at run time" if plan is not None else ""))
-    click.echo("slowest: " + ", ".join(f"{e.bucket} {e.seconds:.1f}s" for e in slowest))
+        fp8 = ", FP8 scales patched in at run time" if plan is not None else ""
+        click.echo(f"one graph per bucket serves every layer (regional compilation{fp8}); {slow}")
     if report.captured:
         device = totals["device_bytes"]
         click.echo(f"captured {report.captured} steps; device memory {device / 2**20:.1f} MiB; static buffers "
@@ -249,6 +250,10 @@ def generate(model_dir: str | None, dtype: str | None, cache_dir: str | None, as
     for completion, (prompt, is_chat), text in zip(out["completions"], turns, texts):
         if is_chat:
             completion.update(prompt=prompt, chat_prompt=text)  # the user's words, and what the model read
+    if engine.fp8_plan is not None:
+        p = engine.fp8_plan
+        out["stats"]["fp8"] = {"math": engine.fp8_math, "runtime_scale_patching": p.settings.patching,
+                               "trivial_scales": p.settings.trivial, "variants": len(p.variants)}
     out["stats"].update(graphs_compiled=engine.counter("compiles") - built["compiles"],
                         graphs_loaded=engine.counter("cache_hits") - built["cache_hits"], backend=engine.backend_name,
                         device=engine.device.type, threads=engine.config.threads)
@@ -263,4 +268,6 @@ def generate(model_dir: str | None, dtype: str | None, cache_dir: str | None, as
     click.echo(f"\n{s['generated_tokens']} tokens in {s['seconds']:.2f}s ({s['tokens_per_s']} tok/s), "
                f"first token after {first}; {s['graph_replays']} graph replays, "
                f"{s['eager_fallbacks']} eager fallbacks; {s['graphs_loaded']} graphs loaded and "
-               f"{s['graphs_compiled']} compiled on first use; {s['threads']} threads")
+               f"{s['graphs_compiled']} compiled on first use; {s['threads']} threads"
+               + (f"; FP8 ({s['fp8']['math']}, scale patching {'on' if s['fp8']['runtime_scale_patching'] else 'off'}, "
+                  f"{s['fp8']['variants']} layer graphs per bucket)" if "fp8" in s else ""))

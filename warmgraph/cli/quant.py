@@ -56,9 +56,9 @@ def calibrate(model_dir: str, out_dir: str, scale_method: str, calib_file: str |
         raise WarmgraphError(f"OUT_DIR {out} already exists; choose a new directory (nothing is overwritten)")
     if calib_file is not None and scales_from is not None:
         raise click.UsageError("give --calib or --scales-from, not both: the scales come from one measurement")
-    from warmgraph.quant.calibrate import DEFAULT_TEXTS, decoder_linears, measure, read_texts, scales_from_measurement
+    from warmgraph.quant import calibrate as cal
 
-    texts = read_texts(calib_file) if calib_file else list(DEFAULT_TEXTS)
+    texts = cal.read_texts(calib_file) if calib_file else list(cal.DEFAULT_TEXTS)
     measured = None
     if scales_from is not None:
         from warmgraph.quant.inc import read_measurements
@@ -70,7 +70,9 @@ def calibrate(model_dir: str, out_dir: str, scale_method: str, calib_file: str |
     model, tokenizer, config = load_checkpoint(model_dir)
     if is_fp8(model):
         raise WarmgraphError(f"{model_dir} is already an FP8 checkpoint; calibrate its float original")
-    if measured is None:
+    if measured is not None:
+        measured = cal.with_model_weights(measured, model, scales_from[1])  # type: ignore[index]
+    else:
         ids = [tokenizer.encode(t).ids for t in texts]
         bar = None
         if not as_json:
@@ -78,23 +80,24 @@ def calibrate(model_dir: str, out_dir: str, scale_method: str, calib_file: str |
 
             bar = tqdm(total=len(ids), desc="calibrating", unit="sample")
         try:
-            measured = measure(model, ids, progress=(lambda n: bar.update()) if bar is not None else None)
+            measured = cal.measure(model, ids, progress=(lambda n: bar.update()) if bar is not None else None)
         finally:
             if bar is not None:
                 bar.close()
-    linears = decoder_linears(config.num_hidden_layers)
-    scales = scales_from_measurement(measured, scale_method, linears)
+    linears = cal.decoder_linears(config.num_hidden_layers)
+    scales = cal.scales_from_measurement(measured, scale_method, linears)
+    loss = write_fp8_checkpoint(model, tokenizer, config, scales, out, dtype or config.torch_dtype,
+                                source=Path(model_dir).expanduser(), scale_method=scale_method)
     saved = None
-    if measure_prefix:
+    if measure_prefix:  # only once the checkpoint is there: a failed run leaves nothing
         from warmgraph.quant.inc import write_measurements
 
         saved = str(write_measurements(measure_prefix, {n: measured[n] for n in linears}))
-    write_fp8_checkpoint(model, tokenizer, config, scales, out, dtype or config.torch_dtype,
-                         source=Path(model_dir).expanduser(), scale_method=scale_method)
     result = {"model": model_dir, "out_dir": str(out), "scale_method": scale_method,
               "source": "inc" if scales_from else "calibration", "samples": None if scales_from else len(texts),
               "linears": len(linears), "distinct_weight_scales": len({s for s, _ in scales.values()}),
               "distinct_input_scales": len({s for _, s in scales.values()}), "measurements": saved,
+              "weights_zero": round(loss["zero"], 4), "weights_saturated": round(loss["saturated"], 4),
               "seconds": round(time.perf_counter() - start, 2)}
     if as_json:
         emit_json(result)
@@ -102,6 +105,13 @@ def calibrate(model_dir: str, out_dir: str, scale_method: str, calib_file: str |
     click.echo(f"wrote {out}: {len(linears)} FP8 linears ({scale_method}; {result['distinct_weight_scales']} distinct "
                f"weight and {result['distinct_input_scales']} input scales) in {result['seconds']}s"
                + (f"; measurements in {saved}" if saved else ""))
+    if loss["zero"] > LOSS_WARNING or loss["saturated"] > LOSS_WARNING:
+        click.echo(f"warning: {loss['zero']:.1%} of the FP8 weights are 0 and {loss['saturated']:.1%} at +-448: "
+                   f"{scale_method}'s scales do not fit these weights; try maxabs_hw or maxabs_arbitrary", err=True)
+
+
+# A share of FP8 weights flushed to zero or saturated past which a method is wrong for the model.
+LOSS_WARNING = 0.05
 
 
 @quant.command("inspect")
@@ -123,10 +133,16 @@ def inspect(model_dir: str, max_num_seqs: int | None, max_model_len: int | None,
     from warmgraph.quant.settings import DEFAULT_CAP, Fp8Settings
 
     s = DEFAULT_SERVING
-    serving = serving_limits(max_num_seqs=max_num_seqs or s.max_num_seqs,
-                             max_model_len=max_model_len or s.max_model_len,
-                             max_num_batched_tokens=max_num_batched_tokens or s.max_num_batched_tokens,
-                             block_size=block_size or s.block_size, max_num_prefill_seqs=s.max_num_prefill_seqs)
+
+    def given(value: int | None, default: int) -> int:
+        return default if value is None else value
+
+    serving = serving_limits(max_num_seqs=given(max_num_seqs, s.max_num_seqs),
+                             max_model_len=given(max_model_len, s.max_model_len),
+                             max_num_batched_tokens=given(max_num_batched_tokens, s.max_num_batched_tokens),
+                             block_size=given(block_size, s.block_size), max_num_prefill_seqs=s.max_num_prefill_seqs)
+    if trivial_variants is not None and trivial_variants < 0:
+        raise click.BadParameter("must be an integer >= 0", param_hint="--trivial-variants")
     cap = Fp8Settings(cap=DEFAULT_CAP if trivial_variants is None else trivial_variants).cap
     plan = plan_buckets(serving, "exponential")
     result: dict[str, Any] = inspect_fp8(model_dir, len(plan.prompt), len(plan.decode), cap)

@@ -34,7 +34,7 @@ from warmgraph.models.config import dtype_name
 from warmgraph.models.layer_inputs import LayerInputs, flatten_state, kv_cache_shape
 from warmgraph.models.llama import LlamaForCausalLM
 from warmgraph.quant.fp8 import NUM_SLOTS, Fp8Scales, fp8_math
-from warmgraph.quant.model import SCALES_BUFFER, is_fp8, layer_vectors, set_math
+from warmgraph.quant.model import SCALES_BUFFER, is_fp8, layer_vectors, patch_scales, set_math
 from warmgraph.quant.settings import Fp8Settings
 from warmgraph.quant.variants import VariantPlan, plan_variants
 from warmgraph.runtime.report import BucketWarmup, WarmupReport
@@ -75,6 +75,7 @@ class Engine:
                    for _ in range(self.mc.num_hidden_layers)]
         self.layer_inputs = LayerInputs()
         self.fp8_plan: VariantPlan | None = None
+        self.fp8_math: str | None = None
         scales: list[Fp8Scales | None] = [None]
         if is_fp8(self.model):
             scales = self._fp8_variants(config.fp8 or Fp8Settings.from_env())
@@ -101,11 +102,31 @@ class Engine:
         """Plan the FP8 layer graphs (``quant.variants``) and hold the weights for the math the
         device has; under runtime scale patching each layer's multipliers become a step input."""
         math = fp8_math(self.device.type, settings.math)
+        self.fp8_math = math
         set_math(self.model, math)
         self.fp8_plan = plan_variants(layer_vectors(self.model), settings)
         if settings.patching:
             self.layer_inputs = LayerInputs(extra=((SCALES_BUFFER, lambda c: (NUM_SLOTS,)),))
         return [Fp8Scales(math, v.drop, v.baked) for v in self.fp8_plan.variants]
+
+    def patch_fp8_scales(self, vectors: list[torch.Tensor]) -> None:
+        """New multipliers for every layer (``quant.model.layer_vectors`` of a recalibration with
+        the same weights and weight scales, other input scales), recompiling nothing: the graphs
+        read them at their next call. Refused (ConfigError) when they cannot take effect that
+        way: a float model, scales baked into the graphs (runtime scale patching off), or values
+        that would change the multiplies a layer's trivial-scale variant leaves out."""
+        plan = self.fp8_plan
+        if plan is None:
+            raise ConfigError("this engine's model is not FP8; there are no scales to patch")
+        if not plan.settings.patching:
+            raise ConfigError("the scales are baked into the graphs (runtime scale patching off); start an engine "
+                              "with the new checkpoint instead")
+        new = plan_variants(vectors, plan.settings)
+        for layer in range(len(plan.assignment)):
+            if plan.variants[plan.assignment[layer]].drop != new.variants[new.assignment[layer]].drop:
+                raise ConfigError(f"new scales change which multiplies by 1.0 layer {layer} leaves out (trivial "
+                                  f"scales {plan.settings.trivial}); start an engine with the new checkpoint instead")
+        patch_scales(self.model, [v.to(self.device) for v in vectors])
 
     def _check_memory(self, kv_bytes: int) -> None:
         """Refuse a KV cache larger than the free memory of the device, before allocating it."""

@@ -105,6 +105,31 @@ def scales_from_measurement(measurements: Mapping[str, Mapping[str, float]], met
     return out
 
 
+def with_model_weights(measurements: Mapping[str, Mapping[str, float]], model: LlamaForCausalLM,
+                       source: str) -> dict[str, dict[str, float]]:
+    """An outside measurement (an INC file) checked against the model it is applied to: every
+    decoder linear present, no layer the model lacks, and each weight max-abs equal to the
+    weight's own (within float32 rounding), else a one-line WarmgraphError naming the node."""
+    layers = len(model.layers)
+    for name in measurements:
+        parts = name.split(".")
+        if name.startswith("model.layers.") and len(parts) > 2 and parts[2].isdigit() and int(parts[2]) >= layers:
+            raise WarmgraphError(f"{source}: node {name} is beyond this model's {layers} layers; the measurement "
+                                 "is of another model")
+    out = {}
+    for name in decoder_linears(layers):
+        node = measurements.get(name)
+        if node is None:
+            raise WarmgraphError(f"{source}: no node {name}; the measurement must cover every decoder linear "
+                                 "(measure the same model again)")
+        actual = float(model.get_submodule(name).weight.detach().abs().max().float())
+        if abs(node["weight"] - actual) > 1e-3 * actual:
+            raise WarmgraphError(f"{source}: node {name} says the weight's max-abs is {node['weight']:g}, but this "
+                                 f"model's is {actual:g}; the measurement is of other weights")
+        out[name] = {"input": node["input"], "weight": actual}
+    return out
+
+
 def decoder_linears(num_layers: int) -> list[str]:
     """The full names of every FP8 linear of a model of ``num_layers`` layers."""
     return [f"model.layers.{i}.{linear}" for i in range(num_layers) for linear in LINEARS]

@@ -19,20 +19,26 @@ from warmgraph.errors import WarmgraphError
 from warmgraph.quant.settings import Fp8Settings
 
 
-def _scan_scales(root: Path) -> tuple[dict[str, torch.Tensor], str | None]:
+def _scan_scales(root: Path, config: Any) -> tuple[dict[str, torch.Tensor], str | None]:
+    """The scale tensors (checked as the loader checks them) and the recorded scale method; the
+    FP8 weights' storage is checked from the headers, without reading them."""
     from safetensors import safe_open
 
     from warmgraph.models.loader import weight_files
+    from warmgraph.quant.compressed_tensors import check_tensor, quantized_weights
+    from warmgraph.quant.model import METHOD_METADATA
 
     files, _ = weight_files(root)
+    weights = set(quantized_weights(config))
     scales: dict[str, torch.Tensor] = {}
     method = None
     for file in files:
         with safe_open(str(file), framework="pt", device="cpu") as fh:
-            from warmgraph.quant.model import METHOD_METADATA
-
             method = method or (fh.metadata() or {}).get(METHOD_METADATA)
             for name in fh.keys():  # noqa: SIM118 - a safe_open handle is not a dict
+                if name.endswith(("weight_scale", "input_scale")) or name in weights:
+                    piece = fh.get_slice(name)
+                    check_tensor(name, tuple(piece.get_shape()), str(piece.get_dtype()), file.name)
                 if name.endswith(("weight_scale", "input_scale")):
                     scales[name] = fh.get_tensor(name)
     return scales, method
@@ -62,7 +68,7 @@ def inspect_fp8(path: str | Path, prompt_buckets: int, decode_buckets: int, cap:
     if read_format(hf) is None:
         raise WarmgraphError(f"{root} is not an FP8 checkpoint (its config.json has no quantization_config); "
                              "make one with warmgraph quant calibrate")
-    scales, method = _scan_scales(root)
+    scales, method = _scan_scales(root, config)
 
     def get(name: str) -> torch.Tensor:
         if name not in scales:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from warmgraph.errors import WarmgraphError
 from warmgraph.models.config import LlamaConfig, dtype_name
 from warmgraph.models.config import torch_dtype as to_torch_dtype
 from warmgraph.models.llama import LlamaForCausalLM
@@ -72,8 +73,17 @@ def checkpoint_vector(get: Callable[[str], torch.Tensor], prefix: str
     """A layer's multipliers from its checkpoint scales (``get(name)``, names under ``prefix``):
     the vector, each linear's weight scale, and the input scale it shares with its group (the
     largest of the group's: one cast per activation, as vLLM's ``input_scale.max()``)."""
-    weight = {n: float(get(f"{prefix}{n}.weight_scale").float().reshape(())) for n in LINEARS}
-    inputs = {n: float(get(f"{prefix}{n}.input_scale").float().reshape(())) for n in LINEARS}
+    def scale(name: str) -> float:
+        tensor = get(name)
+        value = float(tensor.float().reshape(-1)[0]) if tensor.numel() == 1 else float("nan")
+        if not (value > 0 and value < float("inf")):
+            shown = value if tensor.numel() == 1 else f"a tensor of shape {list(tensor.shape)}"
+            raise WarmgraphError(f"tensor {name} is {shown}; an FP8 scale must be one positive, finite number "
+                                 "(calibrate the model again)")
+        return value
+
+    weight = {n: scale(f"{prefix}{n}.weight_scale") for n in LINEARS}
+    inputs = {n: scale(f"{prefix}{n}.input_scale") for n in LINEARS}
     shared = [max(inputs[n] for n in names) for _, names in GROUPS]
     group_input = {n: s for (_, names), s in zip(GROUPS, shared) for n in names}
     return layer_vector(shared, [weight[n] for n in LINEARS]), weight, group_input
@@ -112,8 +122,9 @@ def set_math(model: LlamaForCausalLM, math: str) -> None:
 
 
 def patch_scales(model: LlamaForCausalLM, vectors: list[torch.Tensor]) -> None:
-    """Replace every layer's multipliers in place (recalibrated scales): graphs that take the
-    scales as inputs read the new values at their next call, nothing is recompiled."""
+    """Replace every layer's multipliers in place. Only graphs that take the scales as inputs
+    see the change, and only new *input* scales are right this way (new weight scales come
+    with other FP8 weights): ``Engine.patch_fp8_scales`` checks both, use it on a running engine."""
     for layer, vector in zip(model.layers, vectors, strict=True):
         getattr(layer, SCALES_BUFFER).copy_(vector)
         set_multipliers(layer)
@@ -146,17 +157,19 @@ def fp8_state(model: LlamaForCausalLM, scales: Mapping[str, tuple[float, float]]
 
 def write_fp8_checkpoint(model: LlamaForCausalLM, tokenizer: Any, config: LlamaConfig,
                          scales: Mapping[str, tuple[float, float]], out_dir: str | os.PathLike[str],
-                         dtype: str, source: Path | None = None, scale_method: str | None = None) -> Path:
+                         dtype: str, source: Path | None = None, scale_method: str | None = None
+                         ) -> dict[str, float]:
     """Write a compressed-tensors FP8 checkpoint directory at ``out_dir``, all at once (a
     temporary directory renamed; nothing is left on failure). Other files of ``source``
     (``tokenizer_config.json`` with the chat template, ``generation_config.json``) are copied.
-    ``scale_method`` is recorded in the safetensors metadata (``quant inspect`` shows it)."""
+    ``scale_method`` is recorded in the safetensors metadata (``quant inspect`` shows it).
+    Missing parents are created (and removed again on failure). Returns ``quantisation_loss``."""
     from safetensors.torch import save_file
 
     from warmgraph.models.atomic import write_directory
     from warmgraph.quant.compressed_tensors import quantization_config
 
-    target = Path(out_dir).expanduser()
+    target = Path(out_dir).expanduser().absolute()
     torch_dtype = to_torch_dtype(dtype)
     state = fp8_state(model, scales, torch_dtype)
     hf = dataclasses.replace(config, torch_dtype=dtype_name(torch_dtype)).to_hf()
@@ -171,5 +184,35 @@ def write_fp8_checkpoint(model: LlamaForCausalLM, tokenizer: Any, config: LlamaC
             if source is not None and (source / extra).is_file():
                 (tmp / extra).write_bytes((source / extra).read_bytes())
 
-    write_directory(target, build)
-    return target
+    from warmgraph.models.atomic import make_parents, remove_created, remove_dead_leftovers
+
+    created: list[Path] = []
+    done = False
+    try:
+        created = make_parents(target.parent)
+        remove_dead_leftovers(target)  # a killed writer's temporary directory
+        write_directory(target, build)
+        done = True
+    except FileExistsError:
+        raise WarmgraphError(f"{target} already exists; choose a new OUT_DIR (nothing is overwritten)") from None
+    except OSError as exc:
+        raise WarmgraphError(f"cannot write {target}: {exc.strerror or exc}; choose a writable OUT_DIR") from None
+    finally:
+        if not done:
+            remove_created(created)
+    return quantisation_loss(state)
+
+
+def quantisation_loss(state: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Of the FP8 weights in ``state``: the fraction that is 0 (underflow: a weight scale too
+    large for the weights) and the fraction at +-448 (saturation: a scale too small)."""
+    from warmgraph.quant.fp8 import FP8_MAX
+
+    zero = saturated = total = 0
+    for t in state.values():
+        if t.dtype == FP8_DTYPE:
+            v = t.float()
+            zero += int((v == 0).sum())
+            saturated += int((v.abs() == FP8_MAX).sum())
+            total += v.numel()
+    return {"zero": zero / max(total, 1), "saturated": saturated / max(total, 1)}

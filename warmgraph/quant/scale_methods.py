@@ -123,9 +123,7 @@ def _refuse(method: str, runtime_patching: bool) -> None:
     if method in PER_CHANNEL:
         if runtime_patching:
             raise ConfigError(f"scale method {method!r} is per-channel, which is not supported for runtime scale "
-                              f"patching (graph recompile reduction); pick a per-tensor method ({supported}) "
-                              "(RUNTIME_SCALE_PATCHING=0 / --no-runtime-scale-patching lifts INC's limit, but "
-                              "warmgraph reads per-tensor FP8 scales only)")
+                              f"patching (graph recompile reduction); pick a per-tensor method ({supported})")
         raise ConfigError(f"scale method {method!r} is per-channel; warmgraph reads per-tensor FP8 scales only: "
                           f"pick one of {supported}")
     if method in _NEEDS_TENSOR:

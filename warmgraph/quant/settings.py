@@ -27,7 +27,10 @@ class Fp8Settings:
         if self.trivial not in (0, 1, 2):
             raise ConfigError(f"trivial scales mode {self.trivial!r} is not 0, 1 or 2")
         if isinstance(self.cap, bool) or not isinstance(self.cap, int) or self.cap < 0:
-            raise ConfigError(f"trivial-scale variant cap {self.cap!r} must be an integer >= 0")
+            raise ConfigError(f"trivial-scale variant cap {self.cap!r} (--trivial-variants) must be an integer >= 0")
+        if self.math is not None and self.math.strip().lower() not in MATHS:
+            raise ConfigError(f"FP8 math {self.math!r} (WARMGRAPH_FP8_MATH, --fp8-math) is not one of "
+                              f"{', '.join(MATHS)}")
 
     @classmethod
     def from_env(cls, patching: bool | None = None, trivial: int | None = None, cap: int | None = None,
