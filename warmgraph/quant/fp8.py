@@ -88,7 +88,7 @@ def fp8_math(device_type: str, choice: str | None = None) -> str:
     native = device_type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 9)
     if choice == "scaled_mm" and not native:
         raise ConfigError(f"FP8 math 'scaled_mm' needs a GPU with FP8 GEMMs (CUDA sm89 or later), not {device_type}; "
-                          "use WARMGRAPH_FP8_MATH=emulate (or auto)")
+                          "use --fp8-math emulate or auto (WARMGRAPH_FP8_MATH=emulate)")
     if choice == "auto":
         return "scaled_mm" if native else "emulate"
     return choice
@@ -101,10 +101,20 @@ def weight_dtype(math: str, activation_dtype: torch.dtype) -> torch.dtype:
 
 def to_fp8(x: torch.Tensor, inv_scale: torch.Tensor | float | None) -> torch.Tensor:
     """Cast to e4m3fn, saturating at +-448 (a plain cast would make inf out of range);
-    ``inv_scale`` None: the multiply is dropped (a trivial scale)."""
+    ``inv_scale`` None: the multiply is dropped (a trivial scale).
+
+    The multiply is done in float32 whatever ``x``'s dtype: a 0-dim float32 tensor times a bf16
+    tensor may be rounded to bf16 first on some devices (a Python float is not), so patched and
+    baked scales would differ; in float32 both are the same operation everywhere."""
+    x = x.to(torch.float32)
     if inv_scale is not None:
         x = x * inv_scale
     return x.clamp(-FP8_MAX, FP8_MAX).to(FP8_DTYPE)
+
+
+def _rescale(y: torch.Tensor, rescale: torch.Tensor | float | None) -> torch.Tensor:
+    """The GEMM output times its rescale, in float32 (see ``to_fp8``), back in ``y``'s dtype."""
+    return y if rescale is None else (y.to(torch.float32) * rescale).to(y.dtype)
 
 
 def fp8_group(x: torch.Tensor, weights: Sequence[torch.Tensor], inv_scale: torch.Tensor | float | None,
@@ -123,8 +133,7 @@ def fp8_group(x: torch.Tensor, weights: Sequence[torch.Tensor], inv_scale: torch
         return out
     xe = xq.to(x.dtype)
     for w, rescale in zip(weights, rescales):
-        y = xe @ w.t()
-        out.append(y if rescale is None else y * rescale)
+        out.append(_rescale(xe @ w.t(), rescale))
     return out
 
 
