@@ -355,3 +355,34 @@ def test_calibrate_creates_parents_and_warns_when_a_method_wrecks_the_weights(de
     assert "of the FP8 weights are 0" in stderr and "try maxabs_hw" in stderr
     good = run_json(capsys, "quant", "calibrate", str(default_ckpt), str(tmp_path / "good"))
     assert good["weights_zero"] < 0.05 and good["weights_saturated"] < 0.05
+
+
+def test_bf16_steps_are_bit_identical_with_scales_as_inputs_or_baked(smollm2_ckpt: Path, tmp_path: Path) -> None:
+    """SmolLM2's first layer in bf16: Inductor fuses the patched and the baked graph differently,
+    and without rounding at every cast (``engine._rounding_casts``) their decode steps over a
+    cached context differed (measured: from the first decode step on)."""
+    import dataclasses
+
+    from warmgraph.models.llama import LlamaForCausalLM
+
+    model, tokenizer, config = load_checkpoint(smollm2_ckpt)
+    one = dataclasses.replace(config, num_hidden_layers=1)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("model.layers.") or k.split(".")[2] == "0"}
+    cut = LlamaForCausalLM.from_state_dict(one, state)
+    measured = measure(cut, [tokenizer.encode(t).ids for t in DEFAULT_TEXTS])
+    out = tmp_path / "smollm2-1l-fp8"
+    write_fp8_checkpoint(cut, tokenizer, one, scales_from_measurement(measured, "maxabs_hw", decoder_linears(1)), out,
+                         "bfloat16", source=smollm2_ckpt)
+    steps = {}
+    for patching in (True, False):
+        engine = _engine(out, "inductor", None, patching=patching)
+        outputs: list[torch.Tensor] = []
+
+        def recorded(phase: object, tensors: list, run: object = engine._run, outputs: list = outputs) -> torch.Tensor:
+            outputs.append(run(phase, tensors))  # type: ignore[operator]
+            return outputs[-1]
+
+        engine._run = recorded  # type: ignore[method-assign]
+        engine.generate([PROMPTS[0]], SamplingParams(max_tokens=4, temperature=0))
+        steps[patching] = outputs
+    assert len(steps[True]) == 4 and all(torch.equal(a, b) for a, b in zip(steps[True], steps[False]))

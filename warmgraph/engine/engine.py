@@ -41,6 +41,21 @@ from warmgraph.runtime.report import BucketWarmup, WarmupReport
 from warmgraph.runtime.runner import graph_cache
 
 
+def _rounding_casts(backend: Any) -> Any:
+    """``backend`` with Inductor told to round at every cast, as eager does.
+
+    By default Inductor keeps a value in float32 across a cast to bf16 that a fused kernel
+    casts back up: cheaper, but where the fusion falls then changes the bits. FP8 graphs of the
+    same layer with scales as an input and baked in fuse differently, and an FP8 cast turns a
+    last-bit difference into a whole FP8 step: measured, greedy tokens of the two diverged on a
+    bf16 model. With every cast rounded they are equal."""
+    if backend.name == "aot":
+        return type(backend)(inductor_configs={**backend.inductor_configs, "emulate_precision_casts": True})
+    if backend.name == "inductor":
+        return type(backend)(mode=backend.mode, options={**backend.options, "emulate_precision_casts": True})
+    return backend
+
+
 class Engine:
     """A model on a device, its tokenizer, a KV cache and the runners of both phases. Not thread-safe."""
 
@@ -103,6 +118,7 @@ class Engine:
         device has; under runtime scale patching each layer's multipliers become a step input."""
         math = fp8_math(self.device.type, settings.math)
         self.fp8_math = math
+        self.layer_backend = _rounding_casts(self.layer_backend)
         set_math(self.model, math)
         self.fp8_plan = plan_variants(layer_vectors(self.model), settings)
         if settings.patching:
