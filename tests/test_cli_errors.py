@@ -327,6 +327,34 @@ ROWS += [
     pytest.param(["convert-gguf"], "Missing argument 'GGUF_FILE'", id="convert-gguf-no-arguments"),
 ]
 
+# -- quant, and the engine's FP8 settings: refused before a model loads -------------------------
+ROWS += [
+    pytest.param(["quant", "calibrate", "{missing}", "{dir}/out"], "checkpoint directory {missing} does not exist",
+                 id="quant-calibrate-missing-model"),
+    pytest.param(["quant", "calibrate", "{missing}", "{dir}/out", "--scale-method", "fast"],
+                 "unknown scale method 'fast'", id="quant-calibrate-unknown-method"),
+    pytest.param(["quant", "calibrate", "{missing}", "{dir}/out", "--scale-method", "maxabs_pcs_pow2"],
+                 "not supported for runtime scale patching", id="quant-calibrate-per-channel"),
+    pytest.param(["quant", "calibrate", "{missing}", "{dir}", ], "OUT_DIR {dir} already exists",
+                 id="quant-calibrate-out-dir-exists"),
+    pytest.param(["quant", "calibrate", "{missing}", "{dir}/out", "--calib", "{missing}"],
+                 "calibration file {missing} does not exist", id="quant-calibrate-missing-calib"),
+    pytest.param(["quant", "calibrate", "{missing}", "{dir}/out", "--scales-from", "inc", "{missing}"],
+                 "no such measurement file", id="quant-calibrate-missing-inc-file"),
+    pytest.param(["quant", "inspect", "{missing}"], "checkpoint directory {missing} does not exist",
+                 id="quant-inspect-missing"),
+    pytest.param(["quant", "inspect", "{dir}", "--trivial-variants", "-1"], "--trivial-variants",
+                 id="quant-inspect-negative-cap"),
+    pytest.param(["RUNTIME_SCALE_PATCHING=maybe", *GENERATE], "RUNTIME_SCALE_PATCHING='maybe' is not one of",
+                 id="generate-bad-runtime-scale-patching"),
+    pytest.param(["PT_HPU_H2D_TRIVIAL_SCALES_MODE=7", *GENERATE], "PT_HPU_H2D_TRIVIAL_SCALES_MODE='7' is not one of",
+                 id="generate-bad-trivial-mode"),
+    pytest.param(["WARMGRAPH_FP8_MATH=fast", *GENERATE], "FP8 math 'fast' (WARMGRAPH_FP8_MATH, --fp8-math)",
+                 id="generate-bad-fp8-math"),
+    pytest.param([*GENERATE, "--trivial-variants", "-1"], "(--trivial-variants) must be an integer >= 0",
+                 id="generate-negative-variant-cap"),
+]
+
 
 def _tar(path: Path, members: dict[str, bytes]) -> str:
     with tarfile.open(path, "w:gz") as tar:
@@ -440,10 +468,11 @@ def test_table_covers_every_command() -> None:
     from warmgraph.cli.buckets import buckets
     from warmgraph.cli.cache import cache
     from warmgraph.cli.main import cli
+    from warmgraph.cli.quant import quant
 
     commands = cli.list_commands(click.Context(cli))  # imported on use: listed, not in cli.commands
     argvs = [p.values[0] for p in ROWS]
-    for group, name in ((buckets, "buckets"), (cache, "cache")):
+    for group, name in ((buckets, "buckets"), (cache, "cache"), (quant, "quant")):
         for sub in group.commands:
             assert any(a[:2] == [name, sub] or (a and "=" in a[0] and a[1:3] == [name, sub]) for a in argvs), sub
     # Every top-level command (warmup, generate, convert-gguf, ...), found rather than listed.
