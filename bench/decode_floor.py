@@ -10,6 +10,11 @@ bytes. This measures, on the real fp32 checkpoint, in one process, interleaved o
   torch_linear: ``F.linear`` of one row over every weight (MKL's kernel, what warmgraph's
     graphs and transformers both call);
   onednn_linear: the same through oneDNN (``mkldnn._linear_pointwise``);
+  inductor_layer: each layer's projections (and the LM head) as one ``torch.compile`` graph
+    that takes the weights as inputs, as warmgraph's layer graphs do: Inductor calls MKL;
+  inductor_layer_decomposed: the same graph with Inductor's ``decompose_mm_pass`` (a one-row
+    matmul becomes a multiply and a row sum, which Inductor generates as its own vectorised
+    loop; its size limit raised to cover the LM head);
 and transformers' eager decode at batch 1 (fp32, ``generate``, the N+1-minus-1 difference of
 ``bench/peers.py``) in the same run. ``ceiling_vs_transformers`` is the speedup over
 transformers a step would have if it did nothing but stream its weights: the most any engine
@@ -56,6 +61,30 @@ def main() -> None:
                if t.dim() == 2 and (name.endswith("proj.weight") or "embed_tokens" in name or "lm_head" in name)]
     nbytes = sum(w.numel() * 4 for w in weights)
     x = torch.randn(1, max(w.shape[1] for w in weights))
+    rows = {k: x[:, :k].contiguous() for k in {w.shape[1] for w in weights}}
+    groups: dict[str, list[torch.Tensor]] = {}
+    for name, t in sorted(tensors.items()):
+        if t.dim() == 2 and (name.endswith("proj.weight") or "embed_tokens" in name or "lm_head" in name):
+            groups.setdefault(name.split(".self_attn")[0].split(".mlp")[0], []).append(t.float().contiguous())
+
+    def project(group: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [F.linear(rows[w.shape[1]], w) for w in group]
+
+    decompose = {"decompose_mm_pass": {"cpu_max_other_dimension_decomposition": 1 << 17}}
+    compiled = {
+        "inductor_layer": torch.compile(project, dynamic=False, options={"cpp.dynamic_threads": True}),
+        "inductor_layer_decomposed": torch.compile(project, dynamic=False, options={
+            "cpp.dynamic_threads": True, "post_grad_fusion_options": decompose}),
+    }
+    reference = [y for g in groups.values() for y in project(g)]
+    max_error = {name: max((a - b).abs().max().item() for a, b in zip(
+        reference, [y for g in groups.values() for y in fn(g)], strict=True)) for name, fn in compiled.items()}
+
+    def graphs(fn: object) -> object:
+        def run() -> None:
+            for group in groups.values():
+                fn(group)  # type: ignore[operator]
+        return run
 
     def stream() -> None:
         for w in weights:
@@ -81,7 +110,8 @@ def main() -> None:
         hf.run(1, 1)
         return (long - (time.perf_counter() - t)) / args.tokens
 
-    kernels = {"stream": stream, "torch_linear": torch_linear, "onednn_linear": onednn_linear}
+    kernels = {"stream": stream, "torch_linear": torch_linear, "onednn_linear": onednn_linear,
+               **{name: graphs(fn) for name, fn in compiled.items()}}
     samples: dict[str, list[float]] = {}
     for n in counts:  # one untimed pass each: page the weights in, build oneDNN's primitives
         torch.set_num_threads(n)
@@ -105,7 +135,8 @@ def main() -> None:
     ceiling = {f"t{n}": round(statistics.median(samples[f"transformers_step.t{n}"])
                               / statistics.median(samples[f"stream.t{n}"]), 3) for n in counts}
     print(json.dumps({"model": model_dir.name, "weights": len(weights), "weight_MB": round(nbytes / 1e6, 1),
-                      "repeats": args.repeats, "per_step": result, "ceiling_vs_transformers": ceiling,
+                      "repeats": args.repeats, "per_step": result,
+                      "max_abs_error_vs_torch_linear": max_error, "ceiling_vs_transformers": ceiling,
                       "goal_issue_9": "decode batch 1 >= 1.5x transformers, same dtype"}))
 
 
