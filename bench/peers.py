@@ -18,6 +18,7 @@ interleaved, in a rotated order each round, for ``--repeats`` rounds; the JSON h
     leading tokens each other peer shares with warmgraph fp32 (bf16 and Q4_1 may diverge).
 
 Usage: python bench/peers.py [--threads 1] [--tokens 32] [--repeats 3] [--cache-dir DIR] [--quick]
+                             [--autotune] [--decompose]
 """
 
 from __future__ import annotations
@@ -72,10 +73,14 @@ def trim(ids: list[int], eos: set[int], n: int) -> list[int]:
 # Inductor's own C++ GEMM templates, benchmarked against ATen (MKL) per matmul at compile time:
 # MKL's fp32 matrix-vector kernel stays on one thread at SmolLM2's sizes, the template does not.
 AUTOTUNE = {"max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+# Inductor's decompose_mm_pass: a one-row matmul (batch-1 decode) becomes a multiply and a row
+# sum, generated as Inductor's own loop, which streams the weights faster than MKL's
+# matrix-vector kernel here (bench/decode_floor.py); its size limit raised to every projection.
+DECOMPOSE = {"post_grad_fusion_options": {"decompose_mm_pass": {"cpu_max_other_dimension_decomposition": 1 << 17}}}
 
 
 def warmgraph_peer(model_dir: Path, dtype: str, threads: int, cache: Path, max_model_len: int,
-                   autotune: bool = False) -> Peer:
+                   autotune: bool = False, configs: dict[str, Any] | None = None, suffix: str = "") -> Peer:
     from warmgraph.compiler.aot import AOTBackend
     from warmgraph.engine import Engine, EngineConfig, SamplingParams, serving_limits
     from warmgraph.models.loader import load_checkpoint
@@ -83,7 +88,8 @@ def warmgraph_peer(model_dir: Path, dtype: str, threads: int, cache: Path, max_m
     t0 = time.perf_counter()
     model, tokenizer, _ = load_checkpoint(model_dir, dtype)
     limits = serving_limits(max_num_seqs=8, max_num_batched_tokens=64, max_model_len=max_model_len, block_size=64)
-    backend = AOTBackend(AUTOTUNE) if autotune else "aot"
+    configs = AUTOTUNE if autotune else (configs or {})
+    backend = AOTBackend(configs) if configs else "aot"
     engine = Engine(model, tokenizer, EngineConfig(serving=limits, backend=backend, device="cpu", cache=str(cache),
                                                    threads=threads))
     load_s = time.perf_counter() - t0
@@ -95,10 +101,10 @@ def warmgraph_peer(model_dir: Path, dtype: str, threads: int, cache: Path, max_m
 
     setup = {"load_s": round(load_s, 2), "compile_warmup_s": round(report.seconds, 2), "graphs": len(report.entries),
              "compiled": report.compiled, "loaded_from_cache": report.loaded, "backend": engine.backend_name,
-             "inductor_configs": AUTOTUNE if autotune else {},
+             "inductor_configs": configs,
              "limits": {"max_num_seqs": 8, "max_num_batched_tokens": 64, "max_model_len": max_model_len,
                         "block_size": 64}}
-    return Peer(f"warmgraph.{dtype}", run, setup)
+    return Peer(f"warmgraph.{dtype}{suffix}", run, setup)
 
 
 def transformers_peer(model_dir: Path, dtype: str, ids: list[list[int]], eos: set[int]) -> Peer:
@@ -208,12 +214,14 @@ def summarize(peer: Peer) -> dict[str, Any]:
 def ratios(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """warmgraph's speedup over each peer: tok/s over tok/s, and the peer's TTFT over warmgraph's."""
     out: dict[str, Any] = {}
-    for dtype in DTYPES:
-        wg = results[f"warmgraph.{dtype}"]
+    for dtype, suffix in ((d, s) for d in DTYPES for s in ("", ".decomposed")):
+        if f"warmgraph.{dtype}{suffix}" not in results:
+            continue
+        wg = results[f"warmgraph.{dtype}{suffix}"]
         peers = [f"transformers.{dtype}"] + (["llama.cpp"] if "ttft_s" in results.get("llama.cpp", {}) else [])
         for name in peers:
             other = results[name]
-            key = f"warmgraph.{dtype}/{name}"
+            key = f"warmgraph.{dtype}{suffix}/{name}"
             for batch in ("batch_1", "batch_8"):
                 a, b = wg["decode_tokens_per_s"][batch], other["decode_tokens_per_s"][batch]
                 if isinstance(b, float | int) and b > 0:
@@ -234,6 +242,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 tokens, 1 round")
     parser.add_argument("--autotune", action="store_true",
                         help="warmgraph's aot graphs with Inductor's C++ GEMM templates autotuned against ATen")
+    parser.add_argument("--decompose", action="store_true",
+                        help="also warmgraph.DTYPE.decomposed: aot graphs with Inductor's decompose_mm_pass")
     args = parser.parse_args()
     if args.quick:
         args.tokens, args.repeats = 4, 1
@@ -262,6 +272,10 @@ def main() -> None:
         log(f"warmgraph {dtype}: load and warm up (graphs in {cache}; the first run compiles them)")
         peers.append(warmgraph_peer(model_dir, dtype, args.threads, cache, max_model_len, args.autotune))
         log(f"warmgraph {dtype}: {peers[-1].setup}")
+        if args.decompose:
+            peers.append(warmgraph_peer(model_dir, dtype, args.threads, cache, max_model_len, configs=DECOMPOSE,
+                                        suffix=".decomposed"))
+            log(f"warmgraph {dtype} decomposed: {peers[-1].setup}")
         log(f"transformers {dtype}: load")
         peers.append(transformers_peer(model_dir, dtype, ids, eos))
     log("llama.cpp: load")
@@ -284,7 +298,7 @@ def main() -> None:
     ref = next(p for p in peers if p.name == "transformers.fp32").tokens_b1
     result = {
         "model": "SmolLM2-135M-Instruct", "model_dir": str(model_dir), "threads": args.threads,
-        "autotune": args.autotune,
+        "autotune": args.autotune, "decompose": args.decompose,
         "tokens": args.tokens, "repeats": args.repeats, "quick": args.quick, "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "prompt_tokens": [len(i) for i in ids], "batch_1_prompt": PROMPTS[0],
         "method": {
