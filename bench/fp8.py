@@ -17,9 +17,9 @@ All on SmolLM2-135M-Instruct (the real default model, fp32), calibrated by ``war
   accuracy: the 30-layer model calibrated in its own dtype (fp32) against the float model in
     fp32 and in bf16 on fixed prompts: the float model's greedy continuation scored by both
     (teacher forcing): top-1 agreement and logit error; then the FP8 engine's greedy tokens
-    (aot) with patching on in trivial modes 0, 1 and 2 and off, against the eager FP8 reference
-    (dense, full recompute, ``Fp8Linear``s). Off on all 30 layers would compile 29 graphs per
-    bucket, so it runs with ``--real-off`` only.
+    (aot) with patching on in trivial modes 0, 1 and 2 (and off, in the same three modes),
+    against the eager FP8 reference (dense, full recompute, ``Fp8Linear``s). Off on all 30
+    layers compiles 29 graphs per bucket, so it runs with ``--real-off`` only.
 
 Goals (issue 11): graphs at least 90% fewer and cold warm-up at least 85% shorter with
 patching on; per-call cost of patching at most 3% on every bucket.
@@ -268,7 +268,7 @@ def accuracy(paths: dict[str, Path], work: Path, quick: bool, real_off: bool) ->
     references = [greedy_generate_reference(fp8, tokenizer.encode(p).ids, TOKENS) for p in PROMPTS]
     modes = {}
     cache = Path(tempfile.mkdtemp(dir=work))
-    runs = [(True, t) for t in ((0,) if quick else (0, 1, 2))] + ([(False, 0)] if real_off else [])
+    runs = [(True, t) for t in ((0,) if quick else (0, 1, 2))] + ([(False, t) for t in (0, 1, 2)] if real_off else [])
     for patching, trivial in runs:
         model, tokenizer, _ = load_checkpoint(paths["real_fp8"])
         engine = Engine(model, tokenizer, EngineConfig(serving=limits(), backend="aot", cache=cache,
