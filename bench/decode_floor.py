@@ -57,15 +57,14 @@ def main() -> None:
     tensors: dict[str, torch.Tensor] = {}
     for path in sorted(model_dir.glob("*.safetensors")):
         tensors.update(load_file(path))
-    weights = [t.float().contiguous() for name, t in sorted(tensors.items())
-               if t.dim() == 2 and (name.endswith("proj.weight") or "embed_tokens" in name or "lm_head" in name)]
-    nbytes = sum(w.numel() * 4 for w in weights)
-    x = torch.randn(1, max(w.shape[1] for w in weights))
-    rows = {k: x[:, :k].contiguous() for k in {w.shape[1] for w in weights}}
-    groups: dict[str, list[torch.Tensor]] = {}
+    groups: dict[str, list[torch.Tensor]] = {}  # a layer's projections; the embedding (the tied LM head)
     for name, t in sorted(tensors.items()):
         if t.dim() == 2 and (name.endswith("proj.weight") or "embed_tokens" in name or "lm_head" in name):
             groups.setdefault(name.split(".self_attn")[0].split(".mlp")[0], []).append(t.float().contiguous())
+    weights = [w for group in groups.values() for w in group]
+    nbytes = sum(w.numel() * 4 for w in weights)
+    x = torch.randn(1, max(w.shape[1] for w in weights))
+    rows = {k: x[:, :k].contiguous() for k in {w.shape[1] for w in weights}}
 
     def project(group: list[torch.Tensor]) -> list[torch.Tensor]:
         return [F.linear(rows[w.shape[1]], w) for w in group]
