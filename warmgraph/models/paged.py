@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from warmgraph.models.linear import linear
 from warmgraph.models.llama import LlamaConfig, apply_rope
 from warmgraph.quant.fp8 import Fp8Scales
 
@@ -64,7 +65,7 @@ class _Step(nn.Module):
                  scales: torch.Tensor | None) -> list[torch.Tensor]:
         """``x @ w^T`` for each weight of activation group ``group`` (``quant.fp8.GROUPS``)."""
         if self.fp8 is None:
-            return [x @ w.t() for w in weights]
+            return [linear(x, w) for w in weights]
         return self.fp8.group(group, x, weights, scales)
 
     def _qkv(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, ln1: torch.Tensor,
