@@ -314,3 +314,27 @@ def test_a_root_another_process_creates_meanwhile_is_used(tmp_path: Path, monkey
     cache = GraphCache(root)
     cache.ensure()  # our check saw no root; our mkdir raises FileExistsError
     assert (root / "entries").is_dir() and (root / "locks").is_dir()
+
+
+def test_aot_kernels_take_the_thread_count_at_run_time(tmp_path: Path) -> None:
+    """A graph compiled with one thread (as warmup workers compile) must still use every thread a
+    later process is given, and never more: its kernels' parallel regions name no thread count."""
+    import re
+    import zipfile
+
+    class Rows(torch.nn.Module):
+        def forward(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+            return (x.unsqueeze(-2) * w).sum(-1)  # a reduction over 4096 rows: worth splitting
+
+    backend = get_backend("aot")  # held: its work directory holds the package until it goes
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        graph = backend.compile(Rows(), (torch.randn(1, 256), torch.randn(4096, 256)))
+    finally:
+        torch.set_num_threads(before)
+    with zipfile.ZipFile(graph.package) as package:
+        source = "".join(package.read(n).decode() for n in package.namelist() if n.endswith("kernel.cpp"))
+    pragmas = re.findall(r"^\s*#pragma omp parallel.*$", source, flags=re.MULTILINE)
+    assert pragmas, "the kernel has no parallel region: it was fixed to the compiling process's one thread"
+    assert not any("num_threads" in p for p in pragmas), pragmas

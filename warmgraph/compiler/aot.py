@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from warmgraph.compiler.base import CompiledGraph, torch_fingerprint
+from warmgraph.compiler.base import INDUCTOR_DEFAULTS, CompiledGraph, torch_fingerprint
 from warmgraph.errors import WarmgraphError
 
 PACKAGE = "graph.pt2"
@@ -95,14 +95,14 @@ def _bind(loader: Any, module: Any) -> None:
 
 
 class AOTBackend:
-    """AOTInductor per bucket; ``inductor_configs`` are passed to Inductor as they are."""
+    """AOTInductor per bucket; ``inductor_configs`` go to Inductor over ``INDUCTOR_DEFAULTS``."""
 
     name = "aot"
     can_persist = True
     captures = False
 
     def __init__(self, inductor_configs: dict[str, Any] | None = None) -> None:
-        self.inductor_configs = dict(inductor_configs or {})
+        self.inductor_configs = {**INDUCTOR_DEFAULTS, **(inductor_configs or {})}
         self._workdir = Path(tempfile.mkdtemp(prefix="warmgraph-aot-"))
         # Packages compiled but not yet saved live here until the backend goes away.
         weakref.finalize(self, shutil.rmtree, self._workdir, True)

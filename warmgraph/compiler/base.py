@@ -48,3 +48,13 @@ def torch_fingerprint() -> dict[str, Any]:
     import torch
 
     return {"torch": torch.__version__, "debug": bool(torch.version.debug)}
+
+
+# Inductor settings every compiling backend starts from (a caller's options override them).
+# ``cpp.dynamic_threads``: Inductor's C++ (CPU) kernels otherwise bake the compiling process's
+# thread count into the code. A graph compiled by a one-thread warmup worker then never uses a
+# second core (its kernels have no parallel region at all), and one compiled with two threads
+# starts two in a process told to use one, which is what makes OpenMP spin on a shared
+# machine. With it, each kernel asks OpenMP for the count at run time, so one cached graph
+# follows ``--threads`` wherever it is loaded. Only C++ code generation reads it.
+INDUCTOR_DEFAULTS: dict[str, Any] = {"cpp.dynamic_threads": True}

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from warmgraph.compiler.base import CompiledGraph, torch_fingerprint
+from warmgraph.compiler.base import INDUCTOR_DEFAULTS, CompiledGraph, torch_fingerprint
 
 log = logging.getLogger("warmgraph")
 
@@ -73,7 +73,8 @@ def _entry_point(fn: Callable[..., Any], index: int) -> Callable[..., Any]:
 
 
 class InductorBackend:
-    """``torch.compile(..., fullgraph=True, dynamic=False)`` per bucket, through a counting backend."""
+    """``torch.compile(..., fullgraph=True, dynamic=False)`` per bucket, through a counting backend;
+    ``options`` go to Inductor over ``INDUCTOR_DEFAULTS``."""
 
     name = "inductor"
     can_persist = False  # torch's own cache artifacts skip Inductor but not Dynamo tracing
@@ -81,7 +82,7 @@ class InductorBackend:
 
     def __init__(self, mode: str | None = None, options: dict[str, Any] | None = None) -> None:
         self.mode = mode
-        self.options = dict(options or {})
+        self.options = {**INDUCTOR_DEFAULTS, **(options or {})}
         self._count = 0
 
     def _config_patches(self) -> dict[str, Any]:
