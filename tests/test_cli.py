@@ -97,6 +97,19 @@ def test_simulate(capsys: pytest.CaptureFixture[str], conv_trace: Path, tmp_path
     assert code == 0 and "fitted" in out and png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_simulate_plot_without_matplotlib(capsys: pytest.CaptureFixture[str], conv_trace: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # matplotlib is an extra: without it --plot is refused before any work, naming the extra
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    png = tmp_path / "plot.png"
+    code, out, err = run(capsys, "buckets", "simulate", "--trace", str(conv_trace), "--limit", "5",
+                         "--plot", str(png))
+    assert_one_line_error(code, out, err, "pip install 'warmgraph[plot]'")
+    assert not png.exists()
+
+
 def test_simulate_decode(capsys: pytest.CaptureFixture[str], code_trace: Path) -> None:
     data = run_json(capsys, "buckets", "simulate", "--trace", str(code_trace), "--decode", "--max-num-seqs", "64",
                     "--max-model-len", "8192", "--num-blocks", "4096", "--compare", "fitted")

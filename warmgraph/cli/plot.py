@@ -14,8 +14,13 @@ from warmgraph.errors import ConfigError
 
 def check_plot_path(path: str | os.PathLike[str]) -> None:
     """Refuse, before any work, a plot path matplotlib cannot write: an unknown image type
-    (it would fail only after the simulation) or a directory that does not exist."""
-    from matplotlib.backend_bases import FigureCanvasBase
+    (it would fail only after the simulation) or a directory that does not exist; or matplotlib
+    missing (an optional extra: serving does not need it)."""
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib, which warmgraph installs only as an extra; "
+                          "pip install 'warmgraph[plot]' (or matplotlib), or leave out --plot") from None
 
     p = Path(path)
     kinds = FigureCanvasBase.get_supported_filetypes()
