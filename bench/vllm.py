@@ -25,8 +25,9 @@ the 2-core hosts. So the decode goal is judged by an A/B in one driver process
 warm caches and in its own engine process as vLLM always runs them, then alternates their
 ``generate`` calls for ``--decode-rounds`` (8) rounds, order swapped each round, so both see the
 same machine within seconds. It runs twice, the engines created in one order then the other;
-the ratio judged is the median over all rounds of each round's warmgraph / default tok/s. The
-single warm runs' ratios are printed too.
+the ratio judged is the median over all rounds of each round's warmgraph / default tok/s, printed
+with a 95% bootstrap interval of that median (``decode_ab_median_ci95``): an interval holding
+1.0 means the run cannot tell the two apart. The single warm runs' ratios are printed too.
 
     .venv-vllm/bin/python bench/vllm.py [--model DIR] [--quick] [--decode-rounds 8]
 
@@ -134,6 +135,16 @@ def run_ab(model: str, order: list[str], rounds: int, dirs: dict[str, dict[str, 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def _median_ci95(values: list[float], resamples: int = 10000) -> list[float]:
+    """A 95% bootstrap interval of the median of ``values`` (percentile method, fixed seed):
+    how far the judged A/B median could move with other rounds of the same machine."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    medians = np.median(rng.choice(np.asarray(values), size=(resamples, len(values))), axis=1)
+    return [round(float(q), 3) for q in np.percentile(medians, [2.5, 97.5])]
+
+
 def run(model: str, config: str, dirs: dict[str, str]) -> dict:
     """One fresh process of ``config`` with the cache directories ``dirs``; its measurements."""
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(("WARMGRAPH_VLLM", "VLLM_"))}
@@ -215,17 +226,19 @@ def main() -> None:
                 "decode": min(r["decode_b1_vs_default"], r["decode_b8_vs_default"]) >= 1.0}
 
     ratios = {wg: ratios_of(wg) for wg in ("warmgraph", "warmgraph_piecewise")}
-    ab_ratios = {}
+    ab_ratios, ab_ci95 = {}, {}
     if ab:  # the A/B judges warmgraph's decode goal (see the docstring)
         for batch, key in (("batch_1", "decode_b1_vs_default"), ("batch_8", "decode_b8_vs_default")):
             per_round = [w / d for driver in ab for w, d in zip(driver["tok_s"][batch]["warmgraph"],
                                                                  driver["tok_s"][batch][default])]
             ab_ratios[batch] = [round(r, 3) for r in per_round]
+            ab_ci95[batch] = _median_ci95(per_round)
             ratios["warmgraph"][f"{key}_single_run"] = ratios["warmgraph"][key]
             ratios["warmgraph"][key] = round(statistics.median(per_round), 3)
     print(json.dumps({
         "model": model, "torch_threads_note": "vLLM pins its worker to its own cores", "runs": runs,
-        "decode_ab": ab, "decode_ab_ratios": ab_ratios, "engine_init_seconds": init, "ratios": ratios,
+        "decode_ab": ab, "decode_ab_ratios": ab_ratios,
+        "decode_ab_median_ci95": ab_ci95, "engine_init_seconds": init, "ratios": ratios,
         "goals": {"warm_init_vs_default_warm": "<= 0.15", "cold_init_vs_default_cold": "<= 1.0",
                   "decode_vs_default": ">= 1.0"},
         "goals_met": {wg: met(r) for wg, r in ratios.items()},
