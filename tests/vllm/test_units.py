@@ -7,7 +7,7 @@ import torch
 
 from warmgraph.errors import WarmgraphError
 from warmgraph.integrations.vllm.graph import structure
-from warmgraph.integrations.vllm.plan import cut_graph, dynamic_max, parse_sizes
+from warmgraph.integrations.vllm.plan import cut_graph, dynamic_max, parse_sizes, stream_one
 from warmgraph.integrations.vllm.plugin import enabled, setting
 
 
@@ -20,6 +20,9 @@ def test_sizes_parse_and_refuse() -> None:
     assert cut_graph({}) is True and cut_graph({"WARMGRAPH_VLLM_CUT": "0"}) is False
     with pytest.raises(WarmgraphError, match="WARMGRAPH_VLLM_CUT"):
         cut_graph({"WARMGRAPH_VLLM_CUT": "layers"})
+    assert stream_one({}) is True and stream_one({"WARMGRAPH_VLLM_STREAM": "off"}) is False
+    with pytest.raises(WarmgraphError, match="WARMGRAPH_VLLM_STREAM='16' is not understood"):
+        stream_one({"WARMGRAPH_VLLM_STREAM": "16"})
 
 
 def test_plugin_switch() -> None:
@@ -68,3 +71,85 @@ def test_structure_ignores_names_but_not_computation() -> None:
     mul = [n for n in swapped.graph.nodes if n.op == "call_function"][-1]
     mul.args = (mul.args[1], mul.args[0])  # w * (...) instead of (...) * w: another dataflow
     assert structure(swapped) != structure(layer_1)
+
+
+def _onednn_graph(out_features: int, in_features: int, bias: bool = False,
+                  returned: bool = False) -> torch.fx.GraphModule:
+    """A graph calling vLLM's oneDNN op as vLLM's ``onednn_mm`` wrapper does (an empty output,
+    ``x`` reshaped to (-1, in), the handle an input), then using the output, or returning it."""
+    def f(x: torch.Tensor, handle: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        out = torch.empty((x.shape[0], out_features), dtype=torch.float32)
+        torch.ops._C.onednn_mm(out, x.reshape(-1, in_features), b if bias else None, handle)
+        return out if returned else out * 2 + out[:, :1]
+
+    return torch.fx.symbolic_trace(f)
+
+
+@pytest.mark.parametrize("bias,returned", [(False, False), (True, False), (False, True)])
+def test_streamed_form_equals_onednn_and_recovers_the_exact_weight(bias: bool, returned: bool) -> None:
+    import vllm._custom_ops as ops
+
+    from warmgraph.integrations.vllm.stream import Linear, recover, rewrite
+
+    torch.manual_seed(0)
+    weight, b = torch.randn(48, 300), torch.randn(48)  # 300 inputs: two identity blocks in recover
+    handler = ops.create_onednn_mm(weight.t(), 32)
+    gm = _onednn_graph(48, 300, bias, returned)
+    streamed, linears = rewrite(gm)
+    assert linears == [Linear(handle_input=1, out_features=48, in_features=300, dtype=torch.float32)]
+    assert not any("onednn" in str(n.target) for n in streamed.graph.nodes)  # the op is gone
+    assert [n.name for n in streamed.graph.nodes if n.op == "placeholder"] == ["x", "handle", "b",
+                                                                               "warmgraph_weight_0"]
+    recovered = recover(handler.handler_tensor, linears[0])
+    assert torch.equal(recovered, weight)  # bit for bit, not approximately
+    for rows in (1, 3):
+        x = torch.randn(rows, 300)
+        expected = gm(x, handler.handler_tensor, b)
+        got = streamed(x, handler.handler_tensor, b, recovered)
+        assert got.is_contiguous() and got.shape == expected.shape
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)  # sums of 300 in another order
+    assert rewrite(_traced(1e-5, "layers_1")) is None  # nothing to take
+
+
+def test_calls_the_rewrite_cannot_take_stay() -> None:
+    from warmgraph.integrations.vllm.stream import rewrite
+
+    def computed_handle(x: torch.Tensor, handle: torch.Tensor) -> torch.Tensor:
+        out = torch.empty((x.shape[0], 8), dtype=torch.float32)
+        torch.ops._C.onednn_mm(out, x.reshape(-1, 4), None, handle + 0)  # not an input: no weight to recover
+        return out
+
+    def read_before(x: torch.Tensor, handle: torch.Tensor) -> torch.Tensor:
+        out = torch.empty((x.shape[0], 8), dtype=torch.float32)
+        first = out[:, :2]  # a view taken before the op writes
+        torch.ops._C.onednn_mm(out, x.reshape(-1, 4), None, handle)
+        return first
+
+    def three_dims(x: torch.Tensor, handle: torch.Tensor) -> torch.Tensor:
+        out = torch.empty((x.shape[0], 2, 8), dtype=torch.float32)
+        torch.ops._C.onednn_mm(out, x.reshape(-1, 4), None, handle)
+        return out
+
+    for f in (computed_handle, read_before, three_dims):
+        assert rewrite(torch.fx.symbolic_trace(f)) is None, f.__name__
+
+
+def test_weight_recovery_is_refused_over_the_memory_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    import vllm._custom_ops as ops
+
+    from warmgraph.integrations.vllm import stream
+
+    weight = torch.randn(64, 32)
+    handler = ops.create_onednn_mm(weight.t(), 32)  # kept: it frees the oneDNN handle when collected
+    handle = handler.handler_tensor
+    linear = stream.Linear(0, 64, 32, torch.float32)
+    weights = stream.Weights()
+    monkeypatch.setattr(stream, "available_memory", lambda: 4 * linear.nbytes - 1)
+    with pytest.raises(stream.StreamSkipped, match="over a quarter"):
+        stream.recover_all(weights, [([handle], [linear])])
+    assert weights.total_bytes == 0
+    monkeypatch.setattr(stream, "available_memory", lambda: 4 * linear.nbytes)
+    (got,) = stream.recover_all(weights, [([handle], [linear]), ([handle], [linear])])[:1]
+    assert torch.equal(got[0], weight) and weights.total_bytes == linear.nbytes  # one copy per handle
+    with pytest.raises(stream.StreamSkipped, match="computed inside"):
+        stream.recover_all(stream.Weights(), [([None], [linear])])

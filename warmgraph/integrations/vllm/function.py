@@ -35,7 +35,9 @@ from torch._dynamo.aot_compile_types import SerializableCallable
 
 from warmgraph.compiler.aot import AOTBackend
 from warmgraph.compiler.fingerprint import Fingerprint
+from warmgraph.errors import WarmgraphError
 from warmgraph.graph_cache.store import GraphCache
+from warmgraph.integrations.vllm import stream
 from warmgraph.integrations.vllm.graph import VllmGraph
 from warmgraph.integrations.vllm.layer_names import restore_twins
 from warmgraph.integrations.vllm.regions import DYNAMIC, EAGER, Region, Regions
@@ -77,14 +79,18 @@ class WarmgraphFunction(SerializableCallable):
     """Dispatches vLLM's calls on their token count to warmgraph's graphs (see the module docstring)."""
 
     def __init__(self, regions: Regions, sizes: Sequence[int], max_tokens: int,
-                 inductor_configs: dict[str, Any], extra_factors: dict[str, Any]) -> None:
+                 inductor_configs: dict[str, Any], extra_factors: dict[str, Any], streams: bool = False) -> None:
         self.regions = regions
         self.sizes = sorted({int(s) for s in sizes if 1 <= int(s) <= max_tokens})
         self.max_tokens = int(max_tokens)
+        self.streams = bool(streams)  # whether to try streaming one-token calls (``stream``)
+        self.streaming = False  # set by build: whether they do
+        self.weights = stream.Weights()
         self.inductor_configs = dict(inductor_configs)
         self.extra_factors = dict(extra_factors)
         self.counters = Counters()
         self.counters["dynamic_calls"] = 0
+        self.counters["stale_weights"] = 0
         self.builds: list[BuildResult] = []
         self.build_pieces: list[int] = []  # for each build, the index of its distinct piece
         self.build_seconds = 0.0
@@ -99,9 +105,9 @@ class WarmgraphFunction(SerializableCallable):
 
     def __call__(self, *args: Any) -> Any:
         if not self._built:
-            self.build()
+            self.build(args)
         tokens = self.regions.tokens(args)
-        if tokens in self.sizes:
+        if tokens in self.sizes or (tokens == 1 and self.streaming):
             self.counters["replays"] += 1
             self.regions.choice = tokens
         elif 1 <= tokens <= self.max_tokens:
@@ -114,7 +120,13 @@ class WarmgraphFunction(SerializableCallable):
                 self._eager_logged.add(tokens)
                 log.warning("warmgraph: %d tokens is outside every graph; vLLM's graph runs eagerly", tokens)
             self.regions.choice = EAGER
-        return self.regions(*args)
+        result = self.regions(*args)
+        if self.regions.stale_weights != self.counters["stale_weights"]:
+            if not self.counters["stale_weights"]:
+                log.warning("warmgraph: vLLM's layers have new oneDNN handles (reloaded weights?); one-token calls "
+                            "run the dynamic graphs from now on")
+            self.counters["stale_weights"] = self.regions.stale_weights
+        return result
 
     def _log_once(self, tokens: int, message: str) -> None:
         # The first count the dynamic graph serves is logged for everyone to see; later ones
@@ -125,14 +137,46 @@ class WarmgraphFunction(SerializableCallable):
 
     # -- building ----------------------------------------------------------------------------
 
-    def _builder(self, region: Region, dynamic: bool, cache: GraphCache | None) -> GraphBuilder:
-        factors = {**region.graph.factors, **self.extra_factors, "dynamic": dynamic}
-        module = region.graph.module(dynamic, self.max_tokens)
+    def _builder(self, graph: VllmGraph, dynamic: bool, max_tokens: int, cache: GraphCache | None) -> GraphBuilder:
+        factors = {**graph.factors, **self.extra_factors, "dynamic": dynamic}
         backend = AOTBackend(self.inductor_configs)
-        return GraphBuilder(module, backend, cache, self.counters, fingerprint=Fingerprint(factors))
+        return GraphBuilder(graph.module(dynamic, max_tokens), backend, cache, self.counters,
+                            fingerprint=Fingerprint(factors))
 
-    def build(self) -> None:
-        """Load or compile every distinct piece's graphs: one per planned size, one dynamic.
+    def _recover_weights(self, args: Sequence[Any]) -> None:
+        """Decide whether one-token calls stream (``stream``) and, if so, give every piece that
+        has a streamed form that form and its weights, recovered from the handles among ``args``
+        (the whole graph's call). Anything that stops it is one warning; nothing streams then."""
+        if not self.streams:
+            return
+        try:
+            forms = [(region, stream.streamed(region.graph)) for region in self.regions.regions]
+            forms = [(region, form) for region, form in forms if form is not None]
+            if not forms:
+                return
+            calls = [(self.regions.piece_inputs(args, name), form[1]) for region, form in forms
+                     for name in region.names]
+            recovered = iter(stream.recover_all(self.weights, calls))
+        except (stream.StreamSkipped, WarmgraphError, RuntimeError) as exc:  # (RuntimeError: FX, oneDNN)
+            log.warning("warmgraph: one-token calls keep vLLM's oneDNN products: %s (WARMGRAPH_VLLM_STREAM=0 skips "
+                        "this)", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            return
+        calls_iter = iter(calls)
+        for region, (graph, linears) in forms:
+            region.streamed, region.linears = graph, linears
+            for name in region.names:
+                inputs, _ = next(calls_iter)
+                region.weights[name] = next(recovered)
+                region.handles[name] = [inputs[lin.handle_input] for lin in linears]
+        self.streaming = True
+        log.info("warmgraph: one-token calls stream the layer weights: %.0f MB recovered from vLLM's oneDNN "
+                 "handles in %.1f s", self.weights.total_bytes / 1e6, self.weights.seconds)
+
+    def build(self, args: Sequence[Any] = ()) -> None:
+        """Load or compile every distinct piece's graphs: one per planned size and one dynamic;
+        with streaming (``stream``) size 1 is planned too and its graph is the streamed form.
+        ``args`` is the first call's (its oneDNN handles give the weights to stream); without
+        them nothing streams.
 
         Missing graphs are compiled by forked workers first (``workers.compile_missing``), then
         everything is loaded here; ``compiles`` counts the workers' compiles too.
@@ -141,14 +185,25 @@ class WarmgraphFunction(SerializableCallable):
         cache = GraphCache()
         jobs: list[Job] = []
         owners: list[Region] = []
+        places: list[int] = []  # where each job's graph goes: a size, or DYNAMIC
         with torch.inference_mode(False), torch.no_grad():
+            if args:
+                self._recover_weights(args)
             for index, region in enumerate(self.regions.regions):
-                static, dynamic = self._builder(region, False, cache), self._builder(region, True, cache)
-                for n in self.sizes:
-                    jobs.append(Job(static, (n,), region.graph.blank(n)))
+                static, dynamic = (self._builder(region.graph, False, self.max_tokens, cache),
+                                   self._builder(region.graph, True, self.max_tokens, cache))
+                for n in sorted(set(self.sizes) | ({1} if self.streaming else set())):
+                    if n == 1 and self.streaming and region.streamed is not None:
+                        builder = self._builder(region.streamed, False, self.max_tokens, cache)
+                        jobs.append(Job(builder, (n,), region.streamed.blank(n)))
+                        region.streamed_sizes.add(n)
+                    else:
+                        jobs.append(Job(static, (n,), region.graph.blank(n)))
+                    places.append(n)
                 jobs.append(Job(dynamic, (1, self.max_tokens), region.graph.blank(self.max_tokens)))
-                owners.extend([region] * (len(self.sizes) + 1))
-                self.build_pieces.extend([index] * (len(self.sizes) + 1))
+                places.append(DYNAMIC)
+                owners.extend([region] * (len(jobs) - len(owners)))
+                self.build_pieces.extend([index] * (len(jobs) - len(self.build_pieces)))
             reported: set[int] = set()
 
             def on_done(index: int, source: str, seconds: float) -> None:
@@ -158,22 +213,24 @@ class WarmgraphFunction(SerializableCallable):
             compiled = compile_missing(jobs, default_workers(), on_done)
             for counter in ("compiles", "cache_misses", "cache_writes"):
                 self.counters[counter] += compiled
-            for index, (job, region) in enumerate(zip(jobs, owners)):
+            for index, (job, region, place) in enumerate(zip(jobs, owners, places)):
                 result = job.builder.build(job.bucket, job.example)
                 self.builds.append(result)
-                if len(job.bucket) == 1:
-                    region.graphs[job.bucket[0]] = result.graph
-                else:
+                if place == DYNAMIC:
                     region.dynamic = result.graph
+                else:
+                    region.graphs[place] = result.graph
                 if index not in reported:  # (the workers reported theirs as they finished)
                     on_done(index, result.source, result.seconds)
         self.worker_compiles = compiled
         self._built = True
         self.build_seconds = time.perf_counter() - t0
         pieces = sum(len(r.names) for r in self.regions.regions)
-        log.info("warmgraph: %d graphs for vLLM's %d pieces (%d distinct; sizes %s, and a dynamic one for 1-%d "
-                 "tokens): %d compiled (%d by workers), %d loaded, %.1f s", len(self.builds), pieces,
-                 len(self.regions.regions), self.sizes, self.max_tokens, self.counters["compiles"], compiled,
+        streamed = ", size 1 streamed" if self.streaming else ""
+        sizes = sorted(set(self.sizes) | ({1} if self.streaming else set()))
+        log.info("warmgraph: %d graphs for vLLM's %d pieces (%d distinct; sizes %s, a dynamic one for 1-%d tokens%s): "
+                 "%d compiled (%d by workers), %d loaded, %.1f s", len(self.builds), pieces,
+                 len(self.regions.regions), sizes, self.max_tokens, streamed, self.counters["compiles"], compiled,
                  self.counters["cache_hits"], self.build_seconds)
         _report(self)
 
@@ -181,10 +238,11 @@ class WarmgraphFunction(SerializableCallable):
         """Called by vLLM after loading its artifact: the plan is made again from this start's
         config and environment (``WARMGRAPH_*`` is not in vLLM's key, so the artifact's plan may be
         stale); the graphs load on the first call."""
-        from warmgraph.integrations.vllm.plan import dynamic_max, plan_sizes
+        from warmgraph.integrations.vllm.plan import dynamic_max, plan_sizes, stream_one
 
         self.max_tokens = dynamic_max(vllm_config.scheduler_config.max_num_batched_tokens)
         self.sizes = [s for s in plan_sizes(vllm_config) if s <= self.max_tokens]
+        self.streams = stream_one()
 
     # -- serialization -----------------------------------------------------------------------
 
@@ -215,6 +273,7 @@ class WarmgraphFunction(SerializableCallable):
                          "twinned_ops": r.graph.twinned_ops} for r in fn.regions.regions],
             "sizes": fn.sizes,
             "max_tokens": fn.max_tokens,
+            "streams": fn.streams,
             "inductor_configs": fn.inductor_configs,
             "extra_factors": fn.extra_factors,
         }
@@ -244,7 +303,7 @@ class WarmgraphFunction(SerializableCallable):
             graph = VllmGraph.restore(piece, saved["slots"], saved["factors"], saved["twinned_ops"])
             regions.append(Region(graph, list(saved["names"])))
         fn = cls(Regions(split_gm, regions, tuple(state["source"])), state["sizes"], state["max_tokens"],
-                 state["inductor_configs"], state["extra_factors"])
+                 state["inductor_configs"], state["extra_factors"], state.get("streams", False))
         nodes = sum(len(m.graph.nodes) for m in split_gm.modules() if isinstance(m, torch.fx.GraphModule))
         log.info("warmgraph: vLLM's graph (%d nodes in %d pieces) restored from its artifact in %.2f s", nodes,
                  len(split_gm._modules), time.perf_counter() - t0)
@@ -260,6 +319,8 @@ def _progress(done: int, total: int, bucket: tuple[int, ...], source: str, secon
 
 def _report(fn: WarmgraphFunction) -> None:
     _emit({"event": "build", "sizes": fn.sizes, "max_tokens": fn.max_tokens,
+           "streaming": fn.streaming, "streamed_mb": round(fn.weights.total_bytes / 1e6, 1),
+           "recover_seconds": round(fn.weights.seconds, 3),
            "pieces": [len(r.names) for r in fn.regions.regions],
            "build_seconds": round(fn.build_seconds, 3), "worker_compiles": fn.worker_compiles,
            "counters": dict(fn.counters),

@@ -25,6 +25,7 @@ import torch
 
 from warmgraph.errors import WarmgraphError
 from warmgraph.integrations.vllm.graph import VllmGraph, strip_data_attr
+from warmgraph.integrations.vllm.stream import Linear
 
 EAGER = None  # the choice that runs every piece as vLLM traced it
 DYNAMIC = 0  # the choice that runs every piece's dynamic-shape graph; a size n runs n's graph
@@ -38,6 +39,14 @@ class Region:
     names: list[str]
     graphs: dict[int, Callable[..., Any]] = field(default_factory=dict)  # per planned size
     dynamic: Callable[..., Any] | None = None
+    # The streamed form (``stream``), set by the function when the piece streams: its graph, its
+    # products, the sizes whose built graph takes it, and by piece submodule name the recovered
+    # weights and the handle inputs they came from.
+    streamed: VllmGraph | None = None
+    linears: list[Linear] = field(default_factory=list)
+    streamed_sizes: set[int] = field(default_factory=set)
+    weights: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    handles: dict[str, list[torch.Tensor]] = field(default_factory=dict)
 
 
 def splitting_ops() -> list[str]:
@@ -85,6 +94,7 @@ class Regions:
         self.regions = regions
         self.source = source
         self.choice: int | None = EAGER
+        self.stale_weights = 0  # streamed calls whose handles were not those the weights came from
 
     @classmethod
     def split(cls, gm: torch.fx.GraphModule, example_inputs: Sequence[Any], cut: bool = True) -> Regions:
@@ -118,17 +128,32 @@ class Regions:
         submodule for ``split_gm``'s generated code, which reads ``self.<name>``)."""
         for region in self.regions:
             for name in region.names:
-                self.split_gm.__dict__[name] = self._runner(region, self.split_gm._modules[name])
+                self.split_gm.__dict__[name] = self._runner(region, self.split_gm._modules[name], name)
 
-    def _runner(self, region: Region, piece: torch.fx.GraphModule) -> Callable[..., Any]:
+    def piece_inputs(self, args: Sequence[Any], name: str) -> list[Any]:
+        """The inputs piece ``name`` receives when the whole graph is called with ``args``, where
+        they are the call's own (None for values the pieces compute)."""
+        top = {n: a for n, a in zip([n for n in self.split_gm.graph.nodes if n.op == "placeholder"], args)}
+        node = next(n for n in self.split_gm.graph.nodes if n.op == "call_module" and n.target == name)
+        return [top.get(a) if isinstance(a, torch.fx.Node) else a for a in node.args]
+
+    def _runner(self, region: Region, piece: torch.fx.GraphModule, name: str) -> Callable[..., Any]:
         graph = region.graph
 
         def run(*args: Any) -> Any:
             choice = self.choice
             if choice is EAGER:
                 return piece(*args)
-            compiled = region.dynamic if choice == DYNAMIC else region.graphs[choice]
-            return compiled(*graph.tensors(args))
+            if choice == DYNAMIC:
+                return region.dynamic(*graph.tensors(args))
+            if choice in region.streamed_sizes:
+                handles = region.handles[name]
+                if all(args[lin.handle_input] is h for lin, h in zip(region.linears, handles)):
+                    return region.graphs[choice](*graph.tensors(args), *region.weights[name])
+                # vLLM made new handles (it reloaded its weights): the copies are stale
+                self.stale_weights += 1
+                return region.dynamic(*graph.tensors(args))
+            return region.graphs[choice](*graph.tensors(args))
 
         return run
 

@@ -153,7 +153,8 @@ def warmup(model: str, vllm_args: Sequence[str] = (), *, target: str = "serve", 
     build = builds[-1]
     counters = build["counters"]
     return {**common, "sizes": build["sizes"], "max_tokens": build["max_tokens"], "graphs": build["graphs"],
-            "pieces": build["pieces"],
+            "pieces": build["pieces"], "streaming": build.get("streaming", False),
+            "streamed_mb": build.get("streamed_mb", 0.0), "recover_seconds": build.get("recover_seconds", 0.0),
             "compiled": counters["compiles"], "loaded": counters["cache_hits"],
             "worker_compiles": build["worker_compiles"], "build_seconds": build["build_seconds"],
             "counters": counters}
