@@ -29,6 +29,7 @@ def main() -> None:
         "tokens": [list(o.outputs[0].token_ids) for o in outputs],
         "counters": dict(fn.counters) if fn else None,
         "streaming": fn.streaming if fn else None,
+        "weights_source": fn.weights.source if fn else None,
         "sources": [b.source for b in fn.builds] if fn else None,
         "buckets": [list(b.bucket) for b in fn.builds] if fn else None,
         "piecewise": dict(piecewise.COUNTERS) if any(piecewise.COUNTERS.values()) else None,

@@ -23,7 +23,7 @@ def test_cold_then_warm_equals_vllm_eager(tiny_vllm_model: Path, eager_tokens: l
     # two layers cut at their attentions: three distinct pieces (before, between, after), each
     # with sizes 1 and 2 and the dynamic graph: compiled (by forked workers), then loaded here;
     # size 1 streams the weights recovered from vLLM's oneDNN handles
-    assert cold["pieces"] == [1, 1, 1] and cold["streaming"] is True
+    assert cold["pieces"] == [1, 1, 1] and cold["streaming"] is True and cold["weights_source"] == "recovered"
     assert cold["buckets"] == [[1], [2], [1, 16384]] * 3
     assert counters["compiles"] == 9 and counters["cache_writes"] == 9 and counters["cache_hits"] == 9
     assert counters["replays"] >= MAX_DECODE_STEPS  # the two prompts decode together: size 2
@@ -35,6 +35,7 @@ def test_cold_then_warm_equals_vllm_eager(tiny_vllm_model: Path, eager_tokens: l
     assert warm["tokens"] == eager_tokens
     assert warm["counters"]["compiles"] == 0 and warm["counters"]["cache_hits"] == 9
     assert warm["sources"] == ["loaded"] * 9
+    assert warm["streaming"] is True and warm["weights_source"] == "cache"  # stored by the cold start
     assert "Directly load AOT compilation" in log  # vLLM's own artifact loaded: Dynamo did not run
     assert "load failure" not in log
 

@@ -24,6 +24,7 @@ def test_smollm2_cold_and_warm_equal_vllm_eager(tmp_path: Path) -> None:
     # 30 layers cut at their attentions: 31 pieces, 3 distinct (the 29 between two attentions are
     # one), each a streamed size-1 graph and a dynamic one
     assert sorted(cold["pieces"]) == [1, 1, 29] and warm["streaming"] is True
+    assert cold["weights_source"] == "recovered" and warm["weights_source"] == "cache"
     assert cold["counters"]["compiles"] == 6 and warm["counters"]["compiles"] == 0
     assert warm["counters"]["cache_hits"] == 6 and "load failure" not in log
     assert warm["counters"]["replays"] >= 6 and warm["counters"]["stale_weights"] == 0

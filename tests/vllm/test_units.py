@@ -89,7 +89,8 @@ def _onednn_graph(out_features: int, in_features: int, bias: bool = False,
 def test_streamed_form_equals_onednn_and_recovers_the_exact_weight(bias: bool, returned: bool) -> None:
     import vllm._custom_ops as ops
 
-    from warmgraph.integrations.vllm.stream import Linear, recover, rewrite
+    from warmgraph.integrations.vllm.stream import Linear, rewrite
+    from warmgraph.integrations.vllm.weights import recover
 
     torch.manual_seed(0)
     weight, b = torch.randn(48, 300), torch.randn(48)  # 300 inputs: two identity blocks in recover
@@ -132,24 +133,3 @@ def test_calls_the_rewrite_cannot_take_stay() -> None:
 
     for f in (computed_handle, read_before, three_dims):
         assert rewrite(torch.fx.symbolic_trace(f)) is None, f.__name__
-
-
-def test_weight_recovery_is_refused_over_the_memory_share(monkeypatch: pytest.MonkeyPatch) -> None:
-    import vllm._custom_ops as ops
-
-    from warmgraph.integrations.vllm import stream
-
-    weight = torch.randn(64, 32)
-    handler = ops.create_onednn_mm(weight.t(), 32)  # kept: it frees the oneDNN handle when collected
-    handle = handler.handler_tensor
-    linear = stream.Linear(0, 64, 32, torch.float32)
-    weights = stream.Weights()
-    monkeypatch.setattr(stream, "available_memory", lambda: 4 * linear.nbytes - 1)
-    with pytest.raises(stream.StreamSkipped, match="over a quarter"):
-        stream.recover_all(weights, [([handle], [linear])])
-    assert weights.total_bytes == 0
-    monkeypatch.setattr(stream, "available_memory", lambda: 4 * linear.nbytes)
-    (got,) = stream.recover_all(weights, [([handle], [linear]), ([handle], [linear])])[:1]
-    assert torch.equal(got[0], weight) and weights.total_bytes == linear.nbytes  # one copy per handle
-    with pytest.raises(stream.StreamSkipped, match="computed inside"):
-        stream.recover_all(stream.Weights(), [([None], [linear])])

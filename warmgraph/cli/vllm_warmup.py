@@ -83,8 +83,10 @@ def _print(result: dict[str, Any]) -> None:
         click.echo(f"vLLM's graph cut at its attention ops: {sum(result['pieces'])} pieces, "
                    f"{len(result['pieces'])} distinct (one graph set each)")
         if result.get("streaming"):
-            click.echo(f"one-token calls stream the layer weights: {result['streamed_mb']:.0f} MB recovered from "
-                       f"vLLM's oneDNN handles in {result['recover_seconds']:.1f} s")
+            how = ("loaded from the graph cache" if result.get("weights_source") == "cache"
+                   else "recovered from vLLM's oneDNN handles")
+            click.echo(f"one-token calls stream the layer weights: {result['streamed_mb']:.0f} MB {how} in "
+                       f"{result['recover_seconds']:.1f} s")
     click.echo(f"compiled {result['compiled']} ({result['worker_compiles']} by workers), loaded {result['loaded']}; "
                f"engine init {result['engine_init_seconds']:.1f} s, total {result['seconds']:.1f} s")
     click.echo(f"greedy check: {result['prompt']!r} -> {result['text']!r}")

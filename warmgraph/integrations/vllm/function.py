@@ -41,6 +41,7 @@ from warmgraph.integrations.vllm import stream
 from warmgraph.integrations.vllm.graph import VllmGraph
 from warmgraph.integrations.vllm.layer_names import restore_twins
 from warmgraph.integrations.vllm.regions import DYNAMIC, EAGER, Region, Regions
+from warmgraph.integrations.vllm.weights import StreamSkipped, Weights, recover_all
 from warmgraph.integrations.vllm.workers import Job, compile_missing, default_workers
 from warmgraph.runtime.builder import BuildResult, GraphBuilder
 from warmgraph.runtime.counters import Counters
@@ -85,7 +86,7 @@ class WarmgraphFunction(SerializableCallable):
         self.max_tokens = int(max_tokens)
         self.streams = bool(streams)  # whether to try streaming one-token calls (``stream``)
         self.streaming = False  # set by build: whether they do
-        self.weights = stream.Weights()
+        self.weights = Weights()
         self.inductor_configs = dict(inductor_configs)
         self.extra_factors = dict(extra_factors)
         self.counters = Counters()
@@ -143,10 +144,11 @@ class WarmgraphFunction(SerializableCallable):
         return GraphBuilder(graph.module(dynamic, max_tokens), backend, cache, self.counters,
                             fingerprint=Fingerprint(factors))
 
-    def _recover_weights(self, args: Sequence[Any]) -> None:
+    def _recover_weights(self, args: Sequence[Any], cache: GraphCache) -> None:
         """Decide whether one-token calls stream (``stream``) and, if so, give every piece that
-        has a streamed form that form and its weights, recovered from the handles among ``args``
-        (the whole graph's call). Anything that stops it is one warning; nothing streams then."""
+        has a streamed form that form and its weights (``weights``: from ``cache``, or recovered
+        from the handles among ``args``, the whole graph's call, and stored there). Anything
+        that stops it is one warning; nothing streams then."""
         if not self.streams:
             return
         try:
@@ -156,8 +158,8 @@ class WarmgraphFunction(SerializableCallable):
                 return
             calls = [(self.regions.piece_inputs(args, name), form[1]) for region, form in forms
                      for name in region.names]
-            recovered = iter(stream.recover_all(self.weights, calls))
-        except (stream.StreamSkipped, WarmgraphError, RuntimeError) as exc:  # (RuntimeError: FX, oneDNN)
+            recovered = iter(recover_all(self.weights, calls, cache))
+        except (StreamSkipped, WarmgraphError, RuntimeError) as exc:  # (RuntimeError: FX, oneDNN)
             log.warning("warmgraph: one-token calls keep vLLM's oneDNN products: %s (WARMGRAPH_VLLM_STREAM=0 skips "
                         "this)", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             return
@@ -169,8 +171,13 @@ class WarmgraphFunction(SerializableCallable):
                 region.weights[name] = next(recovered)
                 region.handles[name] = [inputs[lin.handle_input] for lin in linears]
         self.streaming = True
-        log.info("warmgraph: one-token calls stream the layer weights: %.0f MB recovered from vLLM's oneDNN "
-                 "handles in %.1f s", self.weights.total_bytes / 1e6, self.weights.seconds)
+        how = ("recovered from vLLM's oneDNN handles" if self.weights.source != "cache"
+               else "loaded from warmgraph's cache and checked against vLLM's oneDNN handles")
+        log.info("warmgraph: one-token calls stream the layer weights: %.0f MB %s in %.1f s",
+                 self.weights.total_bytes / 1e6, how, self.weights.seconds)
+        if self.weights.store_error:
+            log.warning("warmgraph: the recovered weights were not cached, the next start recovers them again: %s",
+                        self.weights.store_error)
 
     def build(self, args: Sequence[Any] = ()) -> None:
         """Load or compile every distinct piece's graphs: one per planned size and one dynamic;
@@ -188,7 +195,7 @@ class WarmgraphFunction(SerializableCallable):
         places: list[int] = []  # where each job's graph goes: a size, or DYNAMIC
         with torch.inference_mode(False), torch.no_grad():
             if args:
-                self._recover_weights(args)
+                self._recover_weights(args, cache)
             for index, region in enumerate(self.regions.regions):
                 static, dynamic = (self._builder(region.graph, False, self.max_tokens, cache),
                                    self._builder(region.graph, True, self.max_tokens, cache))
@@ -320,7 +327,7 @@ def _progress(done: int, total: int, bucket: tuple[int, ...], source: str, secon
 def _report(fn: WarmgraphFunction) -> None:
     _emit({"event": "build", "sizes": fn.sizes, "max_tokens": fn.max_tokens,
            "streaming": fn.streaming, "streamed_mb": round(fn.weights.total_bytes / 1e6, 1),
-           "recover_seconds": round(fn.weights.seconds, 3),
+           "recover_seconds": round(fn.weights.seconds, 3), "weights_source": fn.weights.source,
            "pieces": [len(r.names) for r in fn.regions.regions],
            "build_seconds": round(fn.build_seconds, 3), "worker_compiles": fn.worker_compiles,
            "counters": dict(fn.counters),

@@ -19,35 +19,19 @@ CPU) size 1 is planned, and its graph is each piece's streamed form (``streamed`
 writes, a 2-D input, the handle an input of the piece) becomes ``streamed_mm`` over a weight
 input appended to the piece's inputs; any other call stays as it is.
 
-The weights come back from the handles (``recover``): the handle's product with an identity
-matrix is the weight transposed, exactly (each output is one weight times 1.0 plus zeros).
-That costs a GEMM of ``in`` rows per matrix at every start (1.4-1.9 s for SmolLM2 on 2
-cores; it grows as ``in`` times the parameters, so a 1B model would take a minute) and one more
-copy of the layer weights in memory (vLLM keeps its packed ones for the other counts). So it
-is skipped, with a warning, when the copy would take more than a quarter of the available
-memory, and stopped (the weights freed) once it is on course to take more than
-``RECOVER_SECONDS``. A layer's weights are tied to the handle objects they came from: a call
-with other handles (vLLM reloaded its weights) runs the dynamic graph instead.
+The weights come from ``weights``: recovered from vLLM's handles exactly, once, then kept in
+warmgraph's graph cache. A layer's weights are tied to the handle objects they came from: a
+call with other handles (vLLM reloaded its weights) runs the dynamic graph instead.
 """
 
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
 from warmgraph.integrations.vllm.graph import Slot, VllmGraph, structure
-
-MEMORY_SHARE = 0.25  # the most of the available memory the recovered weights may take
-RECOVER_SECONDS = 10.0  # the most a start may spend recovering weights
-_BLOCK = 256  # identity rows per product in ``recover``: bounds its temporary memory
-
-
-class StreamSkipped(Exception):
-    """Streaming is not possible or not worth it here; the message says why, in one line."""
 
 
 def streamed_mm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -150,90 +134,3 @@ def streamed(graph: VllmGraph) -> tuple[VllmGraph, list[Linear]] | None:
                "layout": [*graph.factors["layout"], *(["tensor"] * len(linears))],
                "code": hashlib.sha256(structure(gm).encode()).hexdigest(), "streamed": True}
     return VllmGraph.restore(gm, slots, factors, graph.twinned_ops), linears
-
-
-def recover(handle: torch.Tensor, linear: Linear) -> torch.Tensor:
-    """The (out, in) weight behind a oneDNN handle: its products with blocks of the identity
-    (exact: each output is one weight times 1.0 plus zeros), written column block by block."""
-    weight = torch.empty((linear.out_features, linear.in_features), dtype=linear.dtype)
-    for start in range(0, linear.in_features, _BLOCK):
-        rows = min(_BLOCK, linear.in_features - start)
-        eye = torch.zeros((rows, linear.in_features), dtype=linear.dtype)
-        eye[:, start:start + rows].fill_diagonal_(1)
-        block = torch.empty((rows, linear.out_features), dtype=linear.dtype)
-        torch.ops._C.onednn_mm(block, eye, None, handle)
-        weight[:, start:start + rows] = block.t()
-    if not torch.isfinite(weight).all():  # 0 * inf is NaN: such a weight cannot come back
-        raise StreamSkipped("a layer weight is not finite, so it cannot be recovered exactly")
-    return weight
-
-
-class Weights:
-    """The weights recovered in this process, by handle, with the handle objects they came from."""
-
-    def __init__(self) -> None:
-        self.by_handle: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # id(handle) -> (handle, weight)
-        self.seconds = 0.0
-
-    def get(self, handle: torch.Tensor, linear: Linear) -> torch.Tensor:
-        entry = self.by_handle.get(id(handle))
-        if entry is None or entry[0] is not handle:
-            t0 = time.perf_counter()
-            with torch.inference_mode():
-                entry = (handle, recover(handle, linear))
-            self.seconds += time.perf_counter() - t0
-            self.by_handle[id(handle)] = entry
-        return entry[1]
-
-    def clear(self) -> None:
-        self.by_handle.clear()
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(w.numel() * w.element_size() for _, w in self.by_handle.values())
-
-
-def recover_all(weights: Weights, calls: list[tuple[list[Any], list[Linear]]]) -> list[list[torch.Tensor]]:
-    """The weights of every (piece inputs, linears) in ``calls``, recovered once per handle.
-
-    StreamSkipped, with ``weights`` cleared, when a handle is not a tensor, the copies would take
-    more than ``MEMORY_SHARE`` of the available memory, the work is on course to take more than
-    ``RECOVER_SECONDS``, or oneDNN refuses a product.
-    """
-    todo: dict[int, tuple[torch.Tensor, Linear]] = {}
-    for inputs, linears in calls:
-        for lin in linears:
-            handle = inputs[lin.handle_input]
-            if not isinstance(handle, torch.Tensor):
-                raise StreamSkipped("a layer's oneDNN handle is computed inside vLLM's graph, not passed to it")
-            todo.setdefault(id(handle), (handle, lin))
-    need = sum(lin.nbytes for _, lin in todo.values())
-    available = available_memory()
-    if need > MEMORY_SHARE * available:
-        raise StreamSkipped(f"the weight copies need {need / 1e6:.0f} MB, over a quarter of the "
-                            f"{available / 1e6:.0f} MB available")
-    work = sum(lin.in_features * lin.nbytes for _, lin in todo.values())
-    done = 0
-    t0 = time.perf_counter()
-    try:
-        for handle, lin in todo.values():
-            weights.get(handle, lin)
-            done += lin.in_features * lin.nbytes
-            projected = (time.perf_counter() - t0) * work / done
-            if projected > RECOVER_SECONDS:
-                raise StreamSkipped(f"recovering the weights would take about {projected:.0f} s "
-                                    f"(more than {RECOVER_SECONDS:.0f} s)")
-        return [[weights.get(inputs[lin.handle_input], lin) for lin in linears] for inputs, linears in calls]
-    except RuntimeError as exc:  # oneDNN refused a product
-        weights.clear()
-        raise StreamSkipped(f"oneDNN could not multiply by the identity ({str(exc).splitlines()[0]})") from exc
-    except StreamSkipped:
-        weights.clear()
-        raise
-
-
-def available_memory() -> int:
-    """Bytes of memory available to new allocations (psutil, which vLLM depends on)."""
-    import psutil
-
-    return int(psutil.virtual_memory().available)

@@ -155,6 +155,7 @@ def warmup(model: str, vllm_args: Sequence[str] = (), *, target: str = "serve", 
     return {**common, "sizes": build["sizes"], "max_tokens": build["max_tokens"], "graphs": build["graphs"],
             "pieces": build["pieces"], "streaming": build.get("streaming", False),
             "streamed_mb": build.get("streamed_mb", 0.0), "recover_seconds": build.get("recover_seconds", 0.0),
+            "weights_source": build.get("weights_source", ""),
             "compiled": counters["compiles"], "loaded": counters["cache_hits"],
             "worker_compiles": build["worker_compiles"], "build_seconds": build["build_seconds"],
             "counters": counters}
