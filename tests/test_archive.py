@@ -178,6 +178,21 @@ def test_selection_by_key_prefix(source: tuple[GraphCache, dict[str, str]], tmp_
     assert export_archive(src, out, fingerprint=keys["pre"][:10]) == [keys["pre"]]
 
 
+def test_weight_entries_go_only_when_named(source: tuple[GraphCache, dict[str, str]], tmp_path: Path) -> None:
+    src, keys = source
+    key = key_of("vllm-weights", ())
+
+    def write(d: Path) -> list[str]:
+        (d / "weights.safetensors").write_bytes(b"w" * 100)
+        return ["weights.safetensors"]
+
+    with src.lock(key.hash):
+        src.store(key, write, 0.01, extra={"holds_weights": True})
+    assert sorted(export_archive(src, tmp_path / "all.tar.gz")) == sorted(keys.values())
+    assert export_archive(src, tmp_path / "w.tar.gz", graph_name="vllm-weights") == [key.hash]
+    assert export_archive(src, tmp_path / "k.tar.gz", keys=[key.hash[:12]]) == [key.hash]
+
+
 def test_empty_selection_is_refused(source: tuple[GraphCache, dict[str, str]], tmp_path: Path) -> None:
     out = tmp_path / "none.tar.gz"
     with pytest.raises(CacheError, match=r"nothing to export.*graph 'nope'"):

@@ -362,7 +362,8 @@ def export_cmd(out: Path, graph_name: str | None, fingerprint: str | None, backe
                root: Path | None, as_json: bool) -> None:
     """Write entries to a .tar.gz archive (all, or those selected).
 
-    Every file is checked against its sha256 as it is written.
+    Every file is checked against its sha256 as it is written. Entries that hold model weights
+    (vLLM's recovered layer weights, graph vllm-weights) go only when a filter names them.
 
     Example: warmgraph cache export --out graphs.tar.gz --backend aot
     """

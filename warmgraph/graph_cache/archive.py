@@ -43,12 +43,17 @@ def select_entries(
     backend: str | None = None,
     keys: list[str] | None = None,
 ) -> list[Entry]:
-    """The entries matching every filter given (all entries when none is); CacheError when none match.
+    """The entries matching every filter given; CacheError when none match.
 
-    ``fingerprint`` is a key-hash prefix; each of ``keys`` is a unique key prefix (the store's
-    errors for unknown or ambiguous ones).
+    With no filter, every entry except those that hold model weights (manifest
+    ``"holds_weights": true``, such as vLLM's recovered layer weights): an archive of graphs is
+    meant to be shared, weights are large and under their model's licence, so they go only when
+    a filter names them. ``fingerprint`` is a key-hash prefix; each of ``keys`` is a unique key
+    prefix (the store's errors for unknown or ambiguous ones).
     """
     chosen = cache.entries()
+    if graph_name is None and fingerprint is None and backend is None and keys is None:
+        chosen = [e for e in chosen if not e.manifest.get("holds_weights")]
     if keys is not None:
         wanted = {cache.get(k).key for k in keys}
         chosen = [e for e in chosen if e.key in wanted]

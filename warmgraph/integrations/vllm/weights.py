@@ -11,11 +11,13 @@ starts load it instead (0.7 s there, the checksum of the 425 MB file included).
 
 A cached copy is found by a fingerprint of the handles: every matrix's shape and dtype and the
 exact values of ``SAMPLED_COLUMNS`` of its columns, taken through the handle the same exact way
-(columns of the identity). A loaded copy is used only if those columns are equal bit for bit
-and a product with a fixed random sign vector agrees with the handle's within float rounding
-(``agrees``); otherwise it is recovered again (and stored over the old copy). A matrix that
-differs from vLLM's only by less than that rounding would pass; the file's sha256 (checked by
-the cache on every load) catches damage on disk.
+(columns of the identity). A loaded copy is used only if it ``agrees`` with every handle: those
+columns and ``CHECKED_COLUMNS`` more, drawn afresh at every start, equal bit for bit, and a
+product with a random sign vector (also drawn afresh) within float rounding of the handle's.
+Otherwise it is recovered again and stored over the old copy. The file's sha256, checked by the
+cache on every load, catches damage on disk; the fresh draws leave no fixed column or direction
+in which a wrong copy could pass start after start. Entries hold model weights, so ``warmgraph
+cache export`` leaves them out unless a filter names them.
 
 Recovery is skipped, with a warning, when the copy would take more than ``MEMORY_SHARE`` of the
 available memory, and stopped (the weights freed) once it is on course to take more than
@@ -27,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +46,8 @@ log = logging.getLogger("vllm.warmgraph")
 MEMORY_SHARE = 0.25  # the most of the available memory the recovered weights may take
 RECOVER_SECONDS = 10.0  # the most a start may spend recovering weights
 SAMPLED_COLUMNS = 8  # exact columns per matrix in the fingerprint
-_BLOCK = 256  # identity rows per product in ``columns``: bounds its temporary memory
+CHECKED_COLUMNS = 16  # more exact columns per matrix, drawn at every load
+_BLOCK = 256  # identity rows per product in ``recover``: bounds its temporary memory
 _FILE = "weights.safetensors"
 
 
@@ -85,22 +89,32 @@ def _bytes(t: torch.Tensor) -> bytes:
     return t.contiguous().view(torch.uint8).numpy().tobytes()  # any dtype, bf16 included
 
 
-def agrees(handle: torch.Tensor, linear: Linear, weight: torch.Tensor) -> bool:
-    """Whether ``weight`` is the handle's: its sampled columns equal bit for bit, and its product
-    with a fixed random sign vector within float rounding of the handle's (each side may round
-    every partial sum, and the output once, in ``linear.dtype``)."""
+def agrees(handle: torch.Tensor, linear: Linear, weight: torch.Tensor,
+           generator: torch.Generator | None = None) -> bool:
+    """Whether ``weight`` is the handle's: the fingerprint's columns and ``CHECKED_COLUMNS``
+    random ones equal bit for bit, and its product with a random sign vector within float
+    rounding of the handle's. Draws from ``generator``, by default one seeded afresh.
+
+    The bound: the handle's output is rounded once to ``linear.dtype`` (``eps * |output|``) and
+    both sides accumulate ``in`` products in float32 in their own order (at most about
+    ``sqrt(in) * eps32`` times the row's L1 norm, for sums of random sign), each with a factor
+    4 of margin.
+    """
     if weight.shape != (linear.out_features, linear.in_features) or weight.dtype != linear.dtype:
         return False
-    index = _sampled(linear)
+    if generator is None:
+        generator = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+    drawn = torch.randint(0, linear.in_features, (CHECKED_COLUMNS,), generator=generator).tolist()
+    index = sorted(set(_sampled(linear)) | set(drawn))
     if not torch.equal(weight[:, index].t(), columns(handle, linear, index)):
         return False
-    signs = torch.randint(0, 2, (1, linear.in_features), generator=torch.Generator().manual_seed(0)) * 2 - 1
-    probe = signs.to(linear.dtype)
+    probe = (torch.randint(0, 2, (1, linear.in_features), generator=generator) * 2 - 1).to(linear.dtype)
     expected = _mm(handle, probe, linear.out_features).float()
-    got = (probe.float() @ weight.float().t())
-    scale = torch.linalg.vector_norm(weight.float(), 1, dim=1)  # |probe| @ |weight|.T, probe being +-1
+    got = probe.float() @ weight.float().t()
+    row_l1 = torch.linalg.vector_norm(weight.float(), 1, dim=1)  # = |probe| @ |weight|.T
     eps32 = torch.finfo(torch.float32).eps
-    tolerance = 4 * (torch.finfo(linear.dtype).eps + math.sqrt(linear.in_features) * eps32) * scale
+    tolerance = 4 * (torch.finfo(linear.dtype).eps * expected.abs()
+                     + math.sqrt(linear.in_features) * eps32 * row_l1)
     return bool(((expected - got).abs() <= tolerance + 1e-30).all())
 
 
@@ -143,22 +157,26 @@ def weights_key(todo: Sequence[tuple[torch.Tensor, Linear]]) -> CacheKey:
     return make_key(graph=graph, bucket=(), backend=backend, device={"type": "cpu"}, env={})
 
 
-def _load(cache: GraphCache, key: CacheKey, todo: Sequence[tuple[torch.Tensor, Linear]]) -> list[torch.Tensor] | None:
-    """The cached copy under ``key`` if it is there and ``agrees`` with every handle, else None."""
-    from safetensors import SafetensorError
+def _load(cache: GraphCache, key: CacheKey, todo: Sequence[tuple[torch.Tensor, Linear]],
+          warn: bool) -> list[torch.Tensor] | None:
+    """The cached copy under ``key`` if it is there and ``agrees`` with every handle, else None
+    (with a warning when ``warn`` and a copy was there but unusable)."""
     from safetensors.torch import load_file
 
     entry = cache.lookup(key)  # None, or an entry whose files passed their sha256
     if entry is None:
         return None
     try:
-        tensors = load_file(str(Path(entry.path) / _FILE))
-    except (OSError, SafetensorError) as exc:
-        log.warning("warmgraph: the cached layer weights are unreadable (%s); recovering them again", exc)
-        return None
-    loaded = [tensors.get(f"w{i}") for i in range(len(todo))]
-    if len(tensors) != len(todo) or any(w is None or not agrees(h, lin, w) for w, (h, lin) in zip(loaded, todo)):
-        log.warning("warmgraph: the cached layer weights do not match vLLM's handles; recovering them again")
+        tensors = load_file(str(entry.path / _FILE))
+        loaded = [tensors.get(f"w{i}") for i in range(len(todo))]
+        usable = len(tensors) == len(todo) and all(
+            w is not None and agrees(h, lin, w) for w, (h, lin) in zip(loaded, todo))
+        reason = "do not match vLLM's handles"
+    except Exception as exc:  # a file safetensors or oneDNN refuses: recovering is the way out
+        usable, reason = False, f"are unusable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    if not usable:
+        if warn:
+            log.warning("warmgraph: the cached layer weights %s; recovering them again", reason)
         return None
     cache.touch(entry)
     return loaded  # type: ignore[return-value]
@@ -171,11 +189,11 @@ def _store(cache: GraphCache, key: CacheKey, weights: list[torch.Tensor], second
         save_file({f"w{i}": w for i, w in enumerate(weights)}, str(tmp / _FILE))
         return [_FILE]
 
-    cache.store(key, write, seconds, extra={"kind": "vllm-weights"})
+    cache.store(key, write, seconds, extra={"kind": "vllm-weights", "holds_weights": True})
 
 
 def recover_all(weights: Weights, calls: list[tuple[list[Any], list[Linear]]],
-                cache: GraphCache | None = None) -> list[list[torch.Tensor]]:
+                cache: GraphCache | None = None) -> list[list[torch.Tensor | None]]:
     """The weights of every (piece inputs, linears) in ``calls``, one copy per handle: loaded
     from ``cache`` when a copy there agrees with the handles, else recovered (and then stored
     there; a failed store is noted in ``weights.store_error``, never raised).
@@ -216,23 +234,30 @@ def recover_all(weights: Weights, calls: list[tuple[list[Any], list[Linear]]],
 
 
 def _from_cache(weights: Weights, cache: GraphCache, pairs: list[tuple[torch.Tensor, Linear]]) -> list[torch.Tensor]:
-    """The cached copy, or a recovered one stored in ``cache``, under the key's lock: of
-    concurrent starts one recovers and the others load its copy. A cache that cannot be locked
-    or written only costs the copy (``weights.store_error``)."""
+    """The cached copy, or a recovered one stored in ``cache``. A copy is looked for first
+    without the lock (entries appear whole, by rename), so warm starts never queue and a
+    read-only cache still serves; on a miss, again under the key's lock, so of concurrent cold
+    starts one recovers and the others load its copy. A cache that cannot be locked or written
+    only costs the copy (``weights.store_error``)."""
     key = weights_key(pairs)
     found = None
     try:
-        with cache.lock(key.hash):
-            found = _load(cache, key, pairs)
-            if found is not None:
-                weights.source = "cache"
-                return found
-            t0 = time.perf_counter()
-            found = _recover(pairs)
-            _store(cache, key, found, time.perf_counter() - t0)
-    except CacheWriteError as exc:  # from the lock (nothing recovered yet) or the store
+        found = _load(cache, key, pairs, warn=False)
+        if found is None:
+            with cache.lock(key.hash):
+                found = _load(cache, key, pairs, warn=True)
+                if found is None:
+                    t0 = time.perf_counter()
+                    found = _recover(pairs)
+                    weights.source = "recovered"
+                    _store(cache, key, found, time.perf_counter() - t0)  # replaces a bad copy
+    except CacheWriteError as exc:  # from the cache root, the lock or the store
         weights.store_error = str(exc)
-    return found if found is not None else _recover(pairs)
+    if found is None:
+        found = _recover(pairs)
+        weights.source = "recovered"
+    weights.source = weights.source or "cache"
+    return found
 
 
 def _recover(pairs: list[tuple[torch.Tensor, Linear]]) -> list[torch.Tensor]:
