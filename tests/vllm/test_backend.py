@@ -27,7 +27,10 @@ def test_cold_then_warm_equals_vllm_eager(tiny_vllm_model: Path, eager_tokens: l
     assert cold["buckets"] == [[1], [2], [1, 16384]] * 3
     assert counters["compiles"] == 9 and counters["cache_writes"] == 9 and counters["cache_hits"] == 9
     assert counters["replays"] >= MAX_DECODE_STEPS  # the two prompts decode together: size 2
-    assert counters["dynamic_calls"] >= 2  # the profile run and the prefill
+    assert counters["dynamic_calls"] >= 1  # the prefill
+    # vLLM's memory-profile run (the KV cache size is explicit here) built the graphs, then was
+    # answered with zeros instead of a forward pass of its largest token count
+    assert counters["profile_runs_skipped"] == 1
     assert counters["eager_fallbacks"] == 0
     assert len(_packages(tmp_path)) == 9
 
@@ -36,12 +39,16 @@ def test_cold_then_warm_equals_vllm_eager(tiny_vllm_model: Path, eager_tokens: l
     assert warm["counters"]["compiles"] == 0 and warm["counters"]["cache_hits"] == 9
     assert warm["sources"] == ["loaded"] * 9
     assert warm["streaming"] is True and warm["weights_source"] == "cache"  # stored by the cold start
+    assert warm["counters"]["profile_runs_skipped"] == 1
     assert "Directly load AOT compilation" in log  # vLLM's own artifact loaded: Dynamo did not run
     assert "load failure" not in log
 
-    # without streaming size 1 is another graph (vLLM's oneDNN products), compiled once, same tokens
-    plain, log = run_llm(tiny_vllm_model, {**env, "WARMGRAPH_VLLM_STREAM": "0"}, MODE2)
+    # without streaming size 1 is another graph (vLLM's oneDNN products), compiled once, same
+    # tokens; and with the profile run kept, it runs through the dynamic graphs
+    plain, log = run_llm(tiny_vllm_model, {**env, "WARMGRAPH_VLLM_STREAM": "0", "WARMGRAPH_VLLM_SKIP_PROFILE": "0"},
+                         MODE2)
     assert plain["tokens"] == eager_tokens and plain["streaming"] is False
+    assert plain["counters"]["profile_runs_skipped"] == 0 and plain["counters"]["dynamic_calls"] >= 2
     assert plain["counters"]["compiles"] == 3 and plain["counters"]["cache_hits"] == 9
     assert "Directly load AOT compilation" in log  # the setting is read again after vLLM's artifact loads
 

@@ -34,6 +34,7 @@ def backend(gm: Any, example_inputs: Sequence[Any]) -> Any:
     """
     from warmgraph.integrations.vllm.function import WarmgraphFunction, vllm_factors
     from warmgraph.integrations.vllm.plan import cut_graph, dynamic_max, plan_sizes, stream_one
+    from warmgraph.integrations.vllm.profile_run import skips_profile
     from warmgraph.integrations.vllm.regions import Regions
 
     config = current_config()
@@ -43,7 +44,8 @@ def backend(gm: Any, example_inputs: Sequence[Any]) -> Any:
     max_tokens = dynamic_max(config.scheduler_config.max_num_batched_tokens)
     # Streaming replaces vLLM's CPU GEMM (``stream``): only where the graph runs on a CPU.
     streams = stream_one() and on_cpu
-    return WarmgraphFunction(regions, plan_sizes(config), max_tokens, inductor, vllm_factors(), streams)
+    return WarmgraphFunction(regions, plan_sizes(config), max_tokens, inductor, vllm_factors(), streams,
+                             skips_profile(config))
 
 
 def current_config() -> Any:

@@ -8,7 +8,8 @@ count with its own graphs runs them (``replays``); any other count runs the dyna
 graphs (``dynamic_calls``); a count outside the dynamic graphs' range runs vLLM's pieces
 eagerly (``eager_fallbacks``). All three are counted per call, the last two logged once per count.
 
-Graphs are built on the first call: loaded from warmgraph's graph cache, or compiled (then
+vLLM's memory-profile run is answered with zeros when it can measure nothing (``profile_run``:
+``profile_runs_skipped``). Graphs are built on the first call: loaded from warmgraph's graph cache, or compiled (then
 stored) on a miss, through the runtime's ``GraphBuilder``, so per-key locks keep concurrent
 processes from compiling a key twice and a damaged entry is recompiled. The inputs they are
 compiled with are blank tensors of the traced specs (``VllmGraph.blank``).
@@ -40,6 +41,7 @@ from warmgraph.graph_cache.store import GraphCache
 from warmgraph.integrations.vllm import stream
 from warmgraph.integrations.vllm.graph import VllmGraph
 from warmgraph.integrations.vllm.layer_names import restore_twins
+from warmgraph.integrations.vllm.profile_run import is_memory_profile_run
 from warmgraph.integrations.vllm.regions import DYNAMIC, EAGER, Region, Regions
 from warmgraph.integrations.vllm.weights import StreamSkipped, Weights, recover_all
 from warmgraph.integrations.vllm.workers import Job, compile_missing, default_workers
@@ -80,8 +82,11 @@ class WarmgraphFunction(SerializableCallable):
     """Dispatches vLLM's calls on their token count to warmgraph's graphs (see the module docstring)."""
 
     def __init__(self, regions: Regions, sizes: Sequence[int], max_tokens: int,
-                 inductor_configs: dict[str, Any], extra_factors: dict[str, Any], streams: bool = False) -> None:
+                 inductor_configs: dict[str, Any], extra_factors: dict[str, Any], streams: bool = False,
+                 skip_profile: bool = False) -> None:
         self.regions = regions
+        # whether vLLM's memory-profile run is answered with zeros (``profile_run``)
+        self.skip_profile = bool(skip_profile)
         self.sizes = sorted({int(s) for s in sizes if 1 <= int(s) <= max_tokens})
         self.max_tokens = int(max_tokens)
         self.streams = bool(streams)  # whether to try streaming one-token calls (``stream``)
@@ -92,6 +97,7 @@ class WarmgraphFunction(SerializableCallable):
         self.counters = Counters()
         self.counters["dynamic_calls"] = 0
         self.counters["stale_weights"] = 0
+        self.counters["profile_runs_skipped"] = 0
         self.builds: list[BuildResult] = []
         self.build_pieces: list[int] = []  # for each build, the index of its distinct piece
         self.build_seconds = 0.0
@@ -108,6 +114,12 @@ class WarmgraphFunction(SerializableCallable):
         if not self._built:
             self.build(args)
         tokens = self.regions.tokens(args)
+        if self.skip_profile and self.regions.outputs is not None and is_memory_profile_run():
+            self.counters["profile_runs_skipped"] += 1
+            log.info("warmgraph: vLLM's memory-profile run (%d tokens) answered with zeros: the graphs are built "
+                     "and the KV cache size is explicit, so it has nothing left to do "
+                     "(WARMGRAPH_VLLM_SKIP_PROFILE=0 runs it)", tokens)
+            return self.regions.outputs.blank(tokens)
         if tokens in self.sizes or (tokens == 1 and self.streaming):
             self.counters["replays"] += 1
             self.regions.choice = tokens
@@ -246,10 +258,12 @@ class WarmgraphFunction(SerializableCallable):
         config and environment (``WARMGRAPH_*`` is not in vLLM's key, so the artifact's plan may be
         stale); the graphs load on the first call."""
         from warmgraph.integrations.vllm.plan import dynamic_max, plan_sizes, stream_one
+        from warmgraph.integrations.vllm.profile_run import skips_profile
 
         self.max_tokens = dynamic_max(vllm_config.scheduler_config.max_num_batched_tokens)
         self.sizes = [s for s in plan_sizes(vllm_config) if s <= self.max_tokens]
         self.streams = stream_one()
+        self.skip_profile = skips_profile(vllm_config)
 
     # -- serialization -----------------------------------------------------------------------
 
@@ -281,6 +295,7 @@ class WarmgraphFunction(SerializableCallable):
             "sizes": fn.sizes,
             "max_tokens": fn.max_tokens,
             "streams": fn.streams,
+            "outputs": fn.regions.outputs,
             "inductor_configs": fn.inductor_configs,
             "extra_factors": fn.extra_factors,
         }
@@ -309,7 +324,8 @@ class WarmgraphFunction(SerializableCallable):
             piece = split_gm._modules[saved["names"][0]]
             graph = VllmGraph.restore(piece, saved["slots"], saved["factors"], saved["twinned_ops"])
             regions.append(Region(graph, list(saved["names"])))
-        fn = cls(Regions(split_gm, regions, tuple(state["source"])), state["sizes"], state["max_tokens"],
+        fn = cls(Regions(split_gm, regions, tuple(state["source"]), state.get("outputs")), state["sizes"],
+                 state["max_tokens"],
                  state["inductor_configs"], state["extra_factors"], state.get("streams", False))
         nodes = sum(len(m.graph.nodes) for m in split_gm.modules() if isinstance(m, torch.fx.GraphModule))
         log.info("warmgraph: vLLM's graph (%d nodes in %d pieces) restored from its artifact in %.2f s", nodes,

@@ -50,7 +50,7 @@ def plan_sizes(vllm_config: Any, env: dict[str, str] | None = None) -> list[int]
     return sorted({s for s in sizes if s <= max_tokens})
 
 
-def _switch(env: dict[str, str] | None, name: str, on: str, off: str) -> bool:
+def switch(env: dict[str, str] | None, name: str, on: str, off: str) -> bool:
     """A yes/no setting, on by default; WarmgraphError naming both meanings for another value."""
     env = os.environ if env is None else env
     value = env.get(name, "1").strip().lower()
@@ -65,12 +65,12 @@ def cut_graph(env: dict[str, str] | None = None) -> bool:
     """``WARMGRAPH_VLLM_CUT``: whether the backend cuts vLLM's graph at its attention ops (1, the
     default: each distinct piece compiled once, a fraction of the cold start) or compiles it
     whole (0: one graph, fused across the attention boundaries). WarmgraphError for another value."""
-    return _switch(env, "WARMGRAPH_VLLM_CUT", "cut vLLM's graph at its attention ops", "compile it whole")
+    return switch(env, "WARMGRAPH_VLLM_CUT", "cut vLLM's graph at its attention ops", "compile it whole")
 
 
 def stream_one(env: dict[str, str] | None = None) -> bool:
     """``WARMGRAPH_VLLM_STREAM``: whether one-token calls on a CPU run a graph that streams the
     layer weights (``stream``; 1, the default) or vLLM's oneDNN products (0). WarmgraphError
     for another value."""
-    return _switch(env, "WARMGRAPH_VLLM_STREAM", "stream the weights in one-token calls",
+    return switch(env, "WARMGRAPH_VLLM_STREAM", "stream the weights in one-token calls",
                    "keep vLLM's oneDNN products")

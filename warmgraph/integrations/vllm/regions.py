@@ -25,6 +25,7 @@ import torch
 
 from warmgraph.errors import WarmgraphError
 from warmgraph.integrations.vllm.graph import VllmGraph, strip_data_attr
+from warmgraph.integrations.vllm.profile_run import OutputSpec, output_spec
 from warmgraph.integrations.vllm.stream import Linear
 
 EAGER = None  # the choice that runs every piece as vLLM traced it
@@ -89,10 +90,12 @@ def token_source(gm: torch.fx.GraphModule, example_inputs: Sequence[Any]) -> tup
 class Regions:
     """vLLM's graph as pieces: ``split_gm`` runs them in order; ``regions`` are the distinct ones."""
 
-    def __init__(self, split_gm: torch.fx.GraphModule, regions: list[Region], source: tuple[int, int]) -> None:
+    def __init__(self, split_gm: torch.fx.GraphModule, regions: list[Region], source: tuple[int, int],
+                 outputs: OutputSpec | None = None) -> None:
         self.split_gm = split_gm
         self.regions = regions
         self.source = source
+        self.outputs = outputs  # the whole graph's outputs (``profile_run``), when they can be described
         self.choice: int | None = EAGER
         self.stale_weights = 0  # streamed calls whose handles were not those the weights came from
 
@@ -104,6 +107,7 @@ class Regions:
 
         strip_data_attr(gm)
         source = token_source(gm, example_inputs)
+        outputs = output_spec(gm, example_inputs, source)
         split_gm, items = split_graph(gm, splitting_ops() if cut else [])
         examples = _piece_examples(split_gm, example_inputs)
         regions: dict[str, Region] = {}  # by the piece's structure and specs
@@ -116,7 +120,7 @@ class Regions:
                 regions[identity].names.append(item.submod_name)
             else:
                 regions[identity] = Region(graph, [item.submod_name])
-        return cls(split_gm, list(regions.values()), source)
+        return cls(split_gm, list(regions.values()), source, outputs)
 
     def tokens(self, args: Sequence[Any]) -> int:
         """The token count of a call of the whole graph."""
