@@ -38,18 +38,24 @@ def test_outputs_are_described_with_the_token_dimension() -> None:
 def test_outputs_that_are_not_one_token_dimension_are_not_described() -> None:
     doubled, fake = _traced(lambda ids: torch.cat([ids, ids]), torch.arange(5))
     assert output_spec(doubled, fake, token_source(doubled, fake)) is None
-    scalar, fake = _traced(lambda ids: (ids.sum(), ids.shape[0]), torch.arange(5))
-    assert output_spec(scalar, fake, token_source(scalar, fake)) is None
+    count, fake = _traced(lambda ids: (ids.sum(), ids.shape[0]), torch.arange(5))  # an int output
+    assert output_spec(count, fake, token_source(count, fake)) is None
+    total, fake = _traced(lambda ids: (ids.sum(),), torch.arange(5))  # a 0-d tensor is described
+    spec = output_spec(total, fake, token_source(total, fake))
+    assert spec is not None and spec.blank(9)[0].shape == ()
 
 
 class _Config:
-    def __init__(self, kv_bytes: int | None) -> None:
+    def __init__(self, kv_bytes: int | None, device: str = "cpu") -> None:
         self.cache_config = type("CacheConfig", (), {"kv_cache_memory_bytes": kv_bytes})()
+        self.device_config = type("DeviceConfig", (), {"device_type": device})()
 
 
-def test_only_an_explicit_kv_cache_size_skips_the_profile_run() -> None:
+def test_only_a_cpu_with_an_explicit_kv_cache_size_skips_the_profile_run() -> None:
     assert skips_profile(_Config(1 << 30), {}) is True
     assert skips_profile(_Config(None), {}) is False  # the run sizes the KV cache: it must run
+    assert skips_profile(_Config(1 << 30, "cuda"), {}) is False  # it sizes workspaces there too
     assert skips_profile(_Config(1 << 30), {"WARMGRAPH_VLLM_SKIP_PROFILE": "0"}) is False
-    with pytest.raises(WarmgraphError, match=r"WARMGRAPH_VLLM_SKIP_PROFILE=.maybe.*use 1 to skip"):
-        skips_profile(_Config(1 << 30), {"WARMGRAPH_VLLM_SKIP_PROFILE": "maybe"})
+    for config in (_Config(1 << 30), _Config(None, "cuda")):  # a bad value is refused whatever the config
+        with pytest.raises(WarmgraphError, match=r"WARMGRAPH_VLLM_SKIP_PROFILE='maybe'.*use 1 to skip"):
+            skips_profile(config, {"WARMGRAPH_VLLM_SKIP_PROFILE": "maybe"})

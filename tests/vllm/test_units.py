@@ -133,3 +133,31 @@ def test_calls_the_rewrite_cannot_take_stay() -> None:
 
     for f in (computed_handle, read_before, three_dims):
         assert rewrite(torch.fx.symbolic_trace(f)) is None, f.__name__
+
+
+def test_the_memory_profile_run_is_told_from_real_steps() -> None:
+    from types import SimpleNamespace
+
+    from vllm.forward_context import ForwardContext, override_forward_context
+
+    from warmgraph.integrations.vllm.profile_run import is_memory_profile_run
+
+    def context(metadata: object, *caches: object) -> ForwardContext:
+        layers = {f"layer{i}": SimpleNamespace(kv_cache=c) for i, c in enumerate(caches)}
+        layers["norm"] = SimpleNamespace()  # a layer without a KV cache does not count
+        return ForwardContext(no_compile_layers=layers, attn_metadata=metadata, slot_mapping={})
+
+    empty, bound = torch.tensor([]), torch.zeros(2, 16, 4)
+    assert not is_memory_profile_run()  # no forward pass at all
+    cases = [
+        (context(None, empty, empty), True),  # vLLM's profile run: no metadata, nothing allocated
+        (context(None, [], ([], empty)), True),  # caches kept as lists (Mamba's states)
+        (context({"layer0": object()}, empty, empty), False),  # a step with metadata is real
+        (context(None, bound, bound), False),  # a dummy run after the KV cache exists (DP, capture)
+        (context(None, empty, bound), False),
+        (context(None, [bound]), False),
+        (context(None), False),  # no layer holds a KV cache: nothing tells the run apart
+    ]
+    for ctx, expected in cases:
+        with override_forward_context(ctx):
+            assert is_memory_profile_run() is expected, ctx.no_compile_layers

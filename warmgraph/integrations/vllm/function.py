@@ -49,7 +49,7 @@ from warmgraph.runtime.builder import BuildResult, GraphBuilder
 from warmgraph.runtime.counters import Counters
 
 log = logging.getLogger("vllm.warmgraph")  # under "vllm": printed by vLLM's own log handler
-STATE_VERSION = 3  # 3: the graph cut in pieces (regions.py)
+STATE_VERSION = 4  # 3: the graph cut in pieces (regions.py); 4: its outputs described (profile_run.py)
 # vLLM settings about its own caching and process layout: they never change the graph's code.
 _ENV_IGNORED = frozenset({
     "VLLM_USE_AOT_COMPILE", "VLLM_USE_BYTECODE_HOOK", "VLLM_USE_MEGA_AOT_ARTIFACT", "VLLM_USE_STANDALONE_COMPILE",
@@ -114,12 +114,17 @@ class WarmgraphFunction(SerializableCallable):
         if not self._built:
             self.build(args)
         tokens = self.regions.tokens(args)
-        if self.skip_profile and self.regions.outputs is not None and is_memory_profile_run():
-            self.counters["profile_runs_skipped"] += 1
-            log.info("warmgraph: vLLM's memory-profile run (%d tokens) answered with zeros: the graphs are built "
-                     "and the KV cache size is explicit, so it has nothing left to do "
-                     "(WARMGRAPH_VLLM_SKIP_PROFILE=0 runs it)", tokens)
-            return self.regions.outputs.blank(tokens)
+        if self.skip_profile and is_memory_profile_run():
+            if self.regions.outputs is None:
+                log.info("warmgraph: vLLM's graph has outputs warmgraph cannot describe; its memory-profile run "
+                         "is computed")
+            else:
+                self.counters["profile_runs_skipped"] += 1
+                log.info("warmgraph: vLLM's memory-profile run (%d tokens) answered with zeros: the graphs are "
+                         "built and the KV cache size is explicit, so it has nothing left to do "
+                         "(WARMGRAPH_VLLM_SKIP_PROFILE=0 runs it)", tokens)
+                _emit({"event": "profile_run_skipped", "tokens": tokens})
+                return self.regions.outputs.blank(tokens)
         if tokens in self.sizes or (tokens == 1 and self.streaming):
             self.counters["replays"] += 1
             self.regions.choice = tokens
@@ -324,9 +329,8 @@ class WarmgraphFunction(SerializableCallable):
             piece = split_gm._modules[saved["names"][0]]
             graph = VllmGraph.restore(piece, saved["slots"], saved["factors"], saved["twinned_ops"])
             regions.append(Region(graph, list(saved["names"])))
-        fn = cls(Regions(split_gm, regions, tuple(state["source"]), state.get("outputs")), state["sizes"],
-                 state["max_tokens"],
-                 state["inductor_configs"], state["extra_factors"], state.get("streams", False))
+        fn = cls(Regions(split_gm, regions, tuple(state["source"]), state["outputs"]), state["sizes"],
+                 state["max_tokens"], state["inductor_configs"], state["extra_factors"], state["streams"])
         nodes = sum(len(m.graph.nodes) for m in split_gm.modules() if isinstance(m, torch.fx.GraphModule))
         log.info("warmgraph: vLLM's graph (%d nodes in %d pieces) restored from its artifact in %.2f s", nodes,
                  len(split_gm._modules), time.perf_counter() - t0)

@@ -1,19 +1,21 @@
-"""vLLM's memory-profile run, answered without computing it when it can measure nothing.
+"""vLLM's memory-profile run on a CPU, answered without computing it when it measures nothing.
 
 Before it sizes the KV cache, vLLM runs the model once at its largest token count with no KV
 cache and no attention metadata (``profile_run``: a "dummy run" whose output it discards). In a
-compiled mode the CPU worker runs it as its "warming up model for the compilation" step; vLLM
-itself skips it in eager mode when the KV cache size is explicit (``VLLM_CPU_KVCACHE_SPACE`` on
-CPU, ``kv_cache_memory_bytes`` anywhere), since then it neither compiles nor measures anything.
-Through warmgraph the graphs are built on that first call, so what is left of the run is the
-arithmetic of a 2048-token (or larger) forward pass whose result is thrown away: 6 s of a warm
-engine start for SmolLM2-135M on one core, minutes for an 8B model on a CPU.
+compiled mode the CPU worker runs it as its "warming up model for the compilation" step; in
+eager mode the CPU worker skips it when the KV cache size is explicit (``VLLM_CPU_KVCACHE_SPACE``,
+``kv_cache_memory_bytes``), since then it neither compiles nor measures anything. Through
+warmgraph the graphs are built on that first call, so what is left of the run is the arithmetic
+of a 2048-token (or larger) forward pass whose result is thrown away: 6 s of a warm engine start
+for SmolLM2-135M on one core, minutes for an 8B model on a CPU.
 
-So when the KV cache size is explicit and the call is that run (``is_memory_profile_run``:
-attention metadata absent and every attention layer's KV cache still empty), the function
-builds its graphs as always and returns zeros of the traced output shapes (``OutputSpec``)
-instead of running them. With an automatic KV size the run is what measures the activations'
-memory, and it runs as vLLM means it to. ``WARMGRAPH_VLLM_SKIP_PROFILE=0`` always runs it.
+So on a CPU, when the KV cache size is explicit and the call is that run
+(``is_memory_profile_run``: attention metadata absent and every attention layer's KV cache
+still empty), the function builds its graphs as always and returns zeros of the traced output
+shapes (``OutputSpec``) instead of running them. With an automatic KV size the run is what
+measures the activations' memory, and it runs. On CUDA it always runs: there the profile run
+also sizes workspaces (MoE kernels) and communication buffers that later steps rely on.
+``WARMGRAPH_VLLM_SKIP_PROFILE=0`` always runs it.
 """
 
 from __future__ import annotations
@@ -81,18 +83,22 @@ def _value(node: torch.fx.Node) -> Any:
 
 
 def skips_profile(vllm_config: Any, env: dict[str, str] | None = None) -> bool:
-    """Whether this configuration answers the memory-profile run with zeros: the KV cache size
-    is explicit and ``WARMGRAPH_VLLM_SKIP_PROFILE`` is not 0. WarmgraphError for a value of it
-    that is neither."""
+    """Whether this configuration answers the memory-profile run with zeros: the model runs on
+    a CPU, its KV cache size is explicit (as the CPU worker judges it), and
+    ``WARMGRAPH_VLLM_SKIP_PROFILE`` is not 0. WarmgraphError for a value of that which is
+    neither, whatever the configuration."""
+    wanted = switch(env, "WARMGRAPH_VLLM_SKIP_PROFILE", "skip vLLM's memory-profile run on a CPU when the "
+                    "KV cache size is explicit", "always run it")
+    on_cpu = getattr(vllm_config.device_config, "device_type", None) == "cpu"
     explicit = getattr(vllm_config.cache_config, "kv_cache_memory_bytes", None) is not None
-    return explicit and switch(env, "WARMGRAPH_VLLM_SKIP_PROFILE", "skip vLLM's memory-profile run when "
-                               "the KV cache size is explicit", "always run it")
+    return wanted and on_cpu and explicit
 
 
 def is_memory_profile_run() -> bool:
     """Whether the current forward pass is vLLM's memory-profile run: a forward context with no
-    attention metadata (vLLM's dummy runs) while every attention layer's KV cache is still
-    unallocated (before ``initialize_kv_cache``: no real step can run then)."""
+    attention metadata (vLLM's dummy runs; a real step always has it) while every layer that
+    holds a KV cache holds an empty one (before ``initialize_kv_cache``, when no real step can
+    run). False for a model with no such layer."""
     from vllm.forward_context import get_forward_context, is_forward_context_available
 
     if not is_forward_context_available():
