@@ -11,7 +11,7 @@ import torch
 
 from warmgraph.errors import CacheWriteError
 from warmgraph.graph_cache.files import sha256_file
-from warmgraph.graph_cache.store import GraphCache
+from warmgraph.graph_cache.store import Entry, GraphCache
 from warmgraph.integrations.vllm import weights as wmod
 from warmgraph.integrations.vllm.stream import Linear
 
@@ -100,8 +100,18 @@ def test_recovered_weights_are_cached_and_loaded_next_time(tmp_path: Path, monke
     assert entry.usage()["hits"] == 1
 
 
+def _rewrite(entry: Entry, data: bytes) -> None:
+    """Put ``data`` in the entry's weights file with a manifest that vouches for it, as a
+    colliding or hostile writer with access to the cache could."""
+    path = entry.path / "weights.safetensors"
+    path.write_bytes(data)
+    manifest = entry.manifest
+    manifest["files"]["weights.safetensors"] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
+    (entry.path / "manifest.json").write_text(json.dumps(manifest))
+
+
 def test_a_cached_copy_that_disagrees_is_recovered_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     cache = GraphCache(tmp_path / "cache")
     _keep, calls, mats = _linears()
@@ -109,14 +119,10 @@ def test_a_cached_copy_that_disagrees_is_recovered_again(tmp_path: Path, monkeyp
     (entry,) = cache.entries()
     # Another weight with the same fingerprint (it differs only in a column the key does not
     # sample), written with a valid checksum, as a colliding entry would be.
-    path = entry.path / "weights.safetensors"
-    tensors = load_file(str(path))
+    tensors = load_file(str(entry.path / "weights.safetensors"))
     unsampled = next(c for c in range(300) if c not in wmod._sampled(calls[0][1][0]))
     tensors["w0"][3, unsampled] += 0.5
-    save_file(tensors, str(path))
-    manifest = entry.manifest
-    manifest["files"]["weights.safetensors"] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
-    (entry.path / "manifest.json").write_text(json.dumps(manifest))
+    _rewrite(entry, save(tensors))
     weights = wmod.Weights()
     (got,) = wmod.recover_all(weights, calls, cache)
     assert weights.source == "recovered" and all(torch.equal(g, m) for g, m in zip(got, mats))
@@ -161,11 +167,7 @@ def test_an_unreadable_cached_copy_is_recovered_again(tmp_path: Path) -> None:
     _keep, calls, mats = _linears()
     wmod.recover_all(wmod.Weights(), calls, cache)
     (entry,) = cache.entries()
-    path = entry.path / "weights.safetensors"
-    path.write_bytes(b"not a safetensors file")  # with a checksum that matches it
-    manifest = entry.manifest
-    manifest["files"]["weights.safetensors"] = {"size": path.stat().st_size, "sha256": sha256_file(path)}
-    (entry.path / "manifest.json").write_text(json.dumps(manifest))
+    _rewrite(entry, b"not a safetensors file")
     weights = wmod.Weights()
     (got,) = wmod.recover_all(weights, calls, cache)
     assert weights.source == "recovered" and all(torch.equal(g, m) for g, m in zip(got, mats))
